@@ -1,0 +1,161 @@
+"""One LightningDataModule for every dataset.
+
+The dataset itself is a factory ``dataset(split=..., transform=...)`` (a Hydra ``_partial_``
+config); this module adds the augmentation pipelines, the loaders and the samplers.
+
+Batch size is *per device*: the paper's global batch 16 on 8 GPUs is ``batch_size=2`` with
+``trainer.devices=8``.
+
+Under DDP the validation/test loaders shard the dataset *without* padding (each sample seen
+exactly once), so the summed confusion matrix equals single-device evaluation; Lightning's
+own DistributedSampler would duplicate samples to even the shards. The DDP trainer configs
+therefore set ``use_distributed_sampler: false`` and the samplers are made here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from diffusion_seg.data.transforms import build_eval_transform, build_train_transform
+
+DatasetFactory = Callable[..., Dataset]
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: every sample exactly once across ranks."""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _distributed() -> tuple[int, int] | None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Loaders for one dataset.
+
+    Args:
+        dataset: factory called as ``dataset(split=name, transform=pipeline)``.
+        crop_size: training crop side.
+        scale_range: random scale range for training.
+        hflip / photometric: training augmentations.
+        eval_resize: resize the longest side to this before evaluation (``None``: as is).
+        size_divisor: evaluation padding multiple (set to the backbone's output stride).
+        mean / std: normalisation (set from the backbone's pretrained config).
+        train_split / val_split / test_split: split names passed to the factory.
+        batch_size: training batch per device; val_batch_size: evaluation batch per device.
+        num_workers / pin_memory / persistent_workers: DataLoader options.
+        seed: shuffling seed of the distributed training sampler.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetFactory,
+        crop_size: int = 321,
+        scale_range: Sequence[float] = (0.5, 2.0),
+        hflip: bool = True,
+        photometric: bool = False,
+        eval_resize: int | None = None,
+        size_divisor: int = 8,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str | None = None,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.train_transform = build_train_transform(
+            crop_size, mean, std, scale_range, hflip, photometric
+        )
+        self.eval_transform = build_eval_transform(mean, std, size_divisor, eval_resize)
+        self.splits = {"train": train_split, "val": val_split, "test": test_split or val_split}
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.seed = seed
+        self._sets: dict[str, Dataset] = {}
+        # The evaluation split is opened now: it fixes the class list the model needs, and a
+        # missing dataset root fails at start-up rather than after the first epoch.
+        self.val_set = self._get("val")
+
+    def _get(self, stage: str) -> Dataset:
+        if stage not in self._sets:
+            transform = self.train_transform if stage == "train" else self.eval_transform
+            self._sets[stage] = self.dataset(split=self.splits[stage], transform=transform)
+        return self._sets[stage]
+
+    @property
+    def num_classes(self) -> int:
+        return self.val_set.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.val_set.class_names)
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.val_set.palette
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self._get("train")
+        if stage == "test":
+            self._get("test")
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        sampler: Sampler[int] | None = None
+        shard = _distributed()
+        if shard is not None:
+            rank, world = shard
+            sampler = (
+                DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed, drop_last=True)
+                if train
+                else ShardSampler(len(dataset), rank, world)
+            )
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._get("train"), self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._get("test"), self.val_batch_size, train=False)
+
+    def describe(self) -> dict[str, Any]:
+        """Sizes of the splits opened so far (printed at start-up)."""
+        return {stage: len(ds) for stage, ds in self._sets.items()}

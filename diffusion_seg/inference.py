@@ -1,0 +1,81 @@
+"""Test-time inference: whole image or sliding window, optional multi-scale + flip.
+
+Conventions of mmsegmentation (reference.md): sliding window sums the logits of overlapping
+crops and divides by the count; multi-scale/flip averages the softmax over all passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LogitsFn = Callable[[Tensor], Tensor]
+
+VALID_MODES = ("whole", "slide")
+
+
+def resize_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinear upsampling of feature-resolution logits to ``size`` (H, W)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def slide_logits(logits_fn: LogitsFn, image: Tensor, crop: int, stride: int) -> Tensor:
+    """Logits of overlapping ``crop``² windows at ``stride``, summed and divided by the count."""
+    _, _, h, w = image.shape
+    rows = max(h - crop + stride - 1, 0) // stride + 1
+    cols = max(w - crop + stride - 1, 0) // stride + 1
+    total: Tensor | None = None
+    count = image.new_zeros(1, 1, h, w)
+    for r in range(rows):
+        for c in range(cols):
+            y0 = min(r * stride, max(h - crop, 0))
+            x0 = min(c * stride, max(w - crop, 0))
+            y1, x1 = min(y0 + crop, h), min(x0 + crop, w)
+            window = logits_fn(image[:, :, y0:y1, x0:x1])
+            window = resize_logits(window, (y1 - y0, x1 - x0))
+            if total is None:
+                total = image.new_zeros(image.shape[0], window.shape[1], h, w)
+            total[:, :, y0:y1, x0:x1] += window
+            count[:, :, y0:y1, x0:x1] += 1
+    assert total is not None
+    return total / count
+
+
+def predict(
+    logits_fn: LogitsFn,
+    image: Tensor,
+    mode: str = "whole",
+    crop: int = 480,
+    stride: int = 320,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+) -> Tensor:
+    """Scores ``B×K×H×W`` at the image size: logits for a single pass, else the mean softmax."""
+    if mode not in VALID_MODES:
+        raise ValueError(f"inference.mode={mode!r} is invalid; allowed: {list(VALID_MODES)}")
+    h, w = image.shape[-2:]
+
+    def one_pass(x: Tensor) -> Tensor:
+        if mode == "slide":
+            return resize_logits(slide_logits(logits_fn, x, crop, stride), (h, w))
+        return resize_logits(logits_fn(x), (h, w))
+
+    passes = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
+    if passes == [(1.0, False)]:
+        return one_pass(image)
+    probs: Tensor | None = None
+    for scale, flipped in passes:
+        x = image if scale == 1.0 else F.interpolate(
+            image, scale_factor=scale, mode="bilinear", align_corners=False
+        )
+        x = x.flip(-1) if flipped else x
+        p = one_pass(x).softmax(1)
+        p = p.flip(-1) if flipped else p
+        probs = p if probs is None else probs + p
+    assert probs is not None
+    return probs / len(passes)

@@ -1,0 +1,115 @@
+"""timm backbones as multi-scale feature extractors.
+
+One wrapper, :class:`TimmBackbone`, over ``timm.create_model(..., features_only=True)``. It
+returns the stage features (strides 4/8/16/32, or dilated to output stride 8/16 as in
+DeepLab-v2, which both papers build on) together with their channel counts, and exposes the
+stage modules so a head can hook into the middle of a stage (PDN inserts its module between
+res5b and res5c).
+
+Weights come from the hub (``pretrained=True``) when the machine is online, or from a local
+``.pth`` / ``.safetensors`` file (``weights=/path``) with no network at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+from timm.layers import freeze_batch_norm_2d
+from torch import Tensor, nn
+
+VALID_OUTPUT_STRIDES = (8, 16, 32)
+
+# ImageNet statistics: the fallback when a timm model has no pretrained config.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TimmBackbone(nn.Module):
+    """Feature pyramid of a timm model.
+
+    Args:
+        name: timm model name, e.g. ``resnet101`` or ``test_resnet`` (tiny, for CPU tests).
+        output_stride: 8, 16 or 32. 8 and 16 replace the last strides by dilation.
+        pretrained: load ImageNet weights (from ``weights`` if given, else from the hub).
+        weights: local checkpoint file (.pth / .pt / .bin / .safetensors) to load offline.
+            Implies ``pretrained``.
+        frozen_bn: replace every BatchNorm by a frozen copy (running statistics and affine
+            parameters fixed): the papers' single-GPU, batch-1 setting.
+        out_indices: which stages to return (timm ``out_indices``).
+        in_chans: input channels.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        output_stride: int = 8,
+        pretrained: bool = False,
+        weights: str | None = None,
+        frozen_bn: bool = False,
+        out_indices: Sequence[int] = (1, 2, 3, 4),
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if output_stride not in VALID_OUTPUT_STRIDES:
+            raise ValueError(
+                f"backbone.output_stride={output_stride} is not supported; "
+                f"allowed values: {list(VALID_OUTPUT_STRIDES)}"
+            )
+        if name not in timm.list_models():
+            raise ValueError(
+                f"backbone.name={name!r} is not a timm model; "
+                "see timm.list_models() for the available names"
+            )
+        kwargs: dict[str, Any] = {}
+        if weights is not None:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"backbone.weights: no file at {path}. Point it to a .pth/.safetensors "
+                    "ImageNet checkpoint of the same timm architecture, or set "
+                    "backbone.weights=null (and backbone.pretrained=true to use the hub)."
+                )
+            # Loads into the plain model before the feature wrapper, non-strict on the
+            # classifier (see reference.md: `checkpoint_path=` fails with features_only).
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+            pretrained = True
+        self.config = {
+            "name": name,
+            "output_stride": output_stride,
+            "pretrained": pretrained,
+            "weights": weights,
+            "frozen_bn": frozen_bn,
+            "out_indices": tuple(out_indices),
+            "in_chans": in_chans,
+        }
+        self.name = name
+        self.output_stride = output_stride
+        self.model = timm.create_model(
+            name,
+            pretrained=pretrained,
+            features_only=True,
+            out_indices=tuple(out_indices),
+            output_stride=output_stride,
+            in_chans=in_chans,
+            **kwargs,
+        )
+        if frozen_bn:
+            self.model = freeze_batch_norm_2d(self.model)
+        info = self.model.feature_info
+        self.channels: list[int] = list(info.channels())
+        self.reductions: list[int] = list(info.reduction())
+        self.stage_names: list[str] = list(info.module_name())
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        self.mean: tuple[float, ...] = tuple(cfg.get("mean", IMAGENET_MEAN))
+        self.std: tuple[float, ...] = tuple(cfg.get("std", IMAGENET_STD))
+
+    def stage(self, index: int) -> nn.Module:
+        """The module of the ``index``-th returned stage (e.g. ``layer4`` for index -1)."""
+        return self.model.get_submodule(self.stage_names[index])
+
+    def forward(self, image: Tensor) -> list[Tensor]:
+        return self.model(image)
+

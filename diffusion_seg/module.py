@@ -1,0 +1,171 @@
+"""The LightningModule: losses, optimisation and metrics around any :class:`Segmentor`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from diffusion_seg.inference import predict, resize_logits
+from diffusion_seg.metrics import SegmentationMetrics, format_table
+from diffusion_seg.models.segmentor import Segmentor
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+CONFIG_KEY = "diffusion_seg_config"
+
+
+def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
+    """Pixel-wise CE over non-ignored pixels, on logits upsampled to the label size.
+
+    Averaged by the number of valid pixels, and 0 (not NaN) for a crop that is all padding.
+    """
+    logits = resize_logits(logits, target.shape[-2:])
+    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
+    return total / (target != ignore_index).sum().clamp_min(1)
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains and evaluates a :class:`Segmentor`.
+
+    Args:
+        net: backbone + head.
+        class_names: the K class names (metric table, per-class logging).
+        optimizer: factory called with parameter groups, e.g. ``partial(SGD, lr=2.5e-4,
+            momentum=0.9, weight_decay=5e-4)``; its ``lr`` is the pretrained backbone's.
+            ``None`` for evaluation only.
+        scheduler: factory called as ``scheduler(optimizer, total_iters=...)`` and stepped
+            every iteration (poly decay, power 0.9, in both papers); ``None`` for constant lr.
+        new_lr_mult: learning-rate multiplier of the layers the head adds (both papers: 10×).
+        aux_weight: weight of each auxiliary loss (PDN's intermediate supervision).
+        ignore_index: label value left out of loss and metrics.
+        inference: test-time options for val/test (``mode``, ``crop``, ``stride``,
+            ``scales``, ``flip``; see :func:`diffusion_seg.inference.predict`).
+        channels_last: run the network in channels-last memory format (faster convs on GPU).
+        config: the resolved run configuration, stored in every checkpoint so a checkpoint
+            alone rebuilds the network (:func:`diffusion_seg.checkpoint.load_segmentor`).
+    """
+
+    def __init__(
+        self,
+        net: Segmentor,
+        class_names: Sequence[str],
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        new_lr_mult: float = 10.0,
+        aux_weight: float = 1.0,
+        ignore_index: int = 255,
+        inference: dict[str, Any] | None = None,
+        channels_last: bool = False,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.class_names = list(class_names)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.new_lr_mult = new_lr_mult
+        self.aux_weight = aux_weight
+        self.ignore_index = ignore_index
+        self.inference = dict(inference or {})
+        self.channels_last = channels_last
+        self.config = config
+        num_classes = len(self.class_names)
+        if num_classes != net.num_classes:
+            raise ValueError(f"{num_classes} class names for a {net.num_classes}-class network")
+        self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
+        self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    def _image(self, batch: dict[str, Any]) -> Tensor:
+        image = batch["image"]
+        return image.contiguous(memory_format=torch.channels_last) if self.channels_last else image
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Main logits at feature resolution."""
+        return self.net(image).logits
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        target = batch["mask"]
+        out = self.net(self._image(batch))
+        loss_main = cross_entropy(out.logits, target, self.ignore_index)
+        loss = loss_main
+        batch_size = target.shape[0]
+        for name, logits in out.aux.items():
+            loss_aux = cross_entropy(logits, target, self.ignore_index)
+            loss = loss + self.aux_weight * loss_aux
+            self.log(f"train/loss_aux/{name}", loss_aux, batch_size=batch_size)
+        self.log("train/loss_main", loss_main, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any], metrics: SegmentationMetrics, stage: str) -> None:
+        target = batch["mask"]
+        scores = predict(self.forward, self._image(batch), **self.inference)
+        single_pass = tuple(self.inference.get("scales", (1.0,))) == (1.0,)
+        if single_pass and not self.inference.get("flip", False):  # scores are logits
+            loss = cross_entropy(scores, target, self.ignore_index)
+            self.log(f"{stage}/loss", loss, batch_size=target.shape[0], sync_dist=True)
+        metrics.update(scores.argmax(1), target)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def _report(self, metrics: SegmentationMetrics, stage: str) -> dict[str, Tensor]:
+        results = metrics.compute()
+        metrics.reset()
+        self.log(f"{stage}/mIoU", results["mIoU"], prog_bar=True)
+        self.log(f"{stage}/mAcc", results["mAcc"])
+        self.log(f"{stage}/aAcc", results["aAcc"])
+        for name, iou in zip(self.class_names, results["IoU"]):
+            if not torch.isnan(iou):
+                self.log(f"{stage}/IoU/{name}", iou)
+        if not self.trainer.sanity_checking:
+            title = f"{stage} metrics (epoch {self.current_epoch}, step {self.global_step})"
+            rank_zero_info("\n" + format_table(results, self.class_names, title))
+        return results
+
+    def on_validation_epoch_end(self) -> None:
+        self._report(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report(self.test_metrics, "test")
+
+    def on_train_epoch_end(self) -> None:
+        for name, value in self.net.head.diagnostics().items():
+            self.log(f"diag/{name}", value)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        if self.optimizer_factory is None:
+            raise RuntimeError("SegmentationModule was built without an optimizer (eval only)")
+        base_lr = self.optimizer_factory.keywords["lr"]  # type: ignore[attr-defined]
+        groups = [
+            {"params": [p for p in params if p.requires_grad], "lr": lr, "name": name}
+            for name, params, lr in (
+                ("backbone", list(self.net.backbone_parameters()), base_lr),
+                ("new", list(self.net.new_parameters()), base_lr * self.new_lr_mult),
+            )
+        ]
+        optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(
+            optimizer, total_iters=int(self.trainer.estimated_stepping_batches)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CONFIG_KEY] = self.config
