@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_seg.config import ConfigError, instantiate_node
+from diffusion_seg.config import ConfigError, instantiate_node, unknown_option_error
 from diffusion_seg.data.datamodule import SegmentationDataModule
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.segmentor import Segmentor
@@ -30,8 +30,11 @@ def build_segmentor(
     head_factory = instantiate_node(cfg, "model")
     try:
         return Segmentor(backbone, head_factory, num_classes)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"model: {err}") from err
+    except TypeError as err:
+        raise unknown_option_error("model", getattr(head_factory, "func", head_factory), err) from err
+    except ValueError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith("model.") else f"model: {message}") from err
 
 
 def build_datamodule(cfg: DictConfig, backbone: TimmBackbone) -> SegmentationDataModule:

@@ -40,11 +40,19 @@ def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     except InstantiationException as err:
         cause = _root_cause(err)
         message = str(cause)
-        if isinstance(cause, TypeError) and "unexpected keyword argument" in message:
-            bad = message.split("'")[-2] if message.count("'") >= 2 else "?"
-            target = node.get("_target_", "?")
-            raise ConfigError(
-                f"{key}.{bad} is not an option of {target}; remove it or fix its spelling "
-                f"(options are that class's constructor arguments)"
-            ) from cause
-        raise ConfigError(f"{key}: {message}") from cause
+        if isinstance(cause, TypeError):
+            raise unknown_option_error(key, node.get("_target_", "?"), cause) from cause
+        raise ConfigError(message if message.startswith(f"{key}.") else f"{key}: {message}") from cause
+
+
+def unknown_option_error(key: str, target: object, err: TypeError) -> ConfigError:
+    """``TypeError: ... unexpected keyword argument 'x'`` → "key.x is not an option of ..."."""
+    message = str(err)
+    if "unexpected keyword argument" not in message or message.count("'") < 2:
+        return ConfigError(f"{key}: {message}")
+    bad = message.split("'")[-2]
+    name = getattr(target, "__qualname__", str(target))
+    return ConfigError(
+        f"{key}.{bad} is not an option of {name}; remove it or fix its spelling "
+        "(the options are that class's constructor arguments)"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,10 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 CONFIG_KEY = "diffusion_seg_config"
+
+# Epoch metrics come from a torchmetrics state that is already summed across processes, so
+# Lightning's advice to add sync_dist=True would only average identical numbers.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed.*")
 
 
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
