@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, open_dict, read_write
 
 from diffusion_seg import CONFIG_DIR
 from diffusion_seg.config import register_resolvers
@@ -40,10 +40,10 @@ def compose_config(overrides: list[str], config_name: str = "train", output_dir:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
     if output_dir is not None:
-        with open_dict(cfg):
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
             cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
     return cfg
 
 

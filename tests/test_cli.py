@@ -1,0 +1,109 @@
+"""End to end through the command line, as a user runs it: train, resume, multirun, W&B
+offline, DDP on CPU, eval, seeding and config errors."""
+
+import csv
+
+import pytest
+import yaml
+
+from .conftest import FAST_TRAIN, run_cli, run_dirs
+
+pytestmark = pytest.mark.slow
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def train_losses(rows):
+    return [(int(r["step"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("logs")
+    proc = run_cli("diffusion_seg.train", *FAST_TRAIN, "logger=many", log_dir=log_dir)
+    return log_dir, run_dirs(log_dir)[0], proc
+
+
+def test_train_prints_table_and_writes_checkpoints_and_logs(first_run):
+    _, run_dir, proc = first_run
+    out = proc.stdout + proc.stderr
+    assert "val metrics" in out and "disk_red" in out and "mIoU" in out and "test metrics" in out
+    assert f"Run dir: {run_dir}" in out
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in ckpts and any(n.startswith("epoch000") for n in ckpts)
+    rows = read_metrics(run_dir)
+    assert any(r.get("val/mIoU") for r in rows) and train_losses(rows)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents*"))
+    # W&B offline: a run directory with the logged history, and its id kept for resuming.
+    wandb_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1 and list(wandb_runs[0].glob("*.wandb"))
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    assert wandb_runs[0].name.endswith(run_id)
+    records = next(wandb_runs[0].glob("*.wandb")).read_bytes()  # the run's history records
+    assert b"val/mIoU" in records and b"train/loss" in records and b"val/IoU/disk_red" in records
+
+
+def test_resume_continues_in_the_same_run_dir_from_the_last_step(first_run):
+    log_dir, run_dir, _ = first_run
+    last_step = max(s for s, _ in train_losses(read_metrics(run_dir)))
+    proc = run_cli("diffusion_seg.train", *FAST_TRAIN, "logger=many", f"resume={run_dir}",
+                   "trainer.max_epochs=2", log_dir=log_dir)
+    assert "Resuming from" in proc.stdout + proc.stderr
+    assert run_dirs(log_dir) == [run_dir]  # no new dated dir
+    steps = [s for s, _ in train_losses(read_metrics(run_dir))]
+    resumed = [s for s in steps if s > last_step]
+    assert resumed and min(resumed) == last_step + 1  # the second run starts at the first's step
+    assert steps[: last_step + 1] == list(range(last_step + 1))  # first run's log kept, appended to
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    assert all(p.name.endswith(run_id) for p in (run_dir / "wandb").glob("offline-run-*"))
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 2  # same id, two sessions
+
+
+def test_same_seed_logs_same_losses(first_run, tmp_path):
+    _, run_dir, _ = first_run
+    run_cli("diffusion_seg.train", *FAST_TRAIN, log_dir=tmp_path)
+    again = train_losses(read_metrics(run_dirs(tmp_path)[0]))
+    original = [x for x in train_losses(read_metrics(run_dir)) if x[0] <= again[-1][0]]
+    assert [s for s, _ in again] == [s for s, _ in original]
+    assert [v for _, v in again] == pytest.approx([v for _, v in original], rel=1e-5)
+
+
+def test_eval_reads_network_from_checkpoint(first_run, tmp_path):
+    _, run_dir, _ = first_run
+    run_cli("diffusion_seg.eval", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", log_dir=tmp_path)
+    metrics = yaml.safe_load(next((tmp_path / "eval" / "runs").glob("*/metrics.yaml")).read_text())
+    assert 0.0 <= metrics["val/mIoU"] <= 1.0
+
+
+def test_multirun_gives_each_job_its_own_dir_and_wandb_run(tmp_path):
+    run_cli("diffusion_seg.train", "-m", "model=fcn,deeplabv2", *FAST_TRAIN, "logger=wandb",
+            "test_after_training=false", log_dir=tmp_path)
+    sweep = next((tmp_path / "train" / "multiruns").iterdir())
+    jobs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
+    assert [j.name for j in jobs] == ["0", "1"]
+    ids = set()
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1
+        ids.add((job / "wandb_run_id.txt").read_text())
+    assert len(ids) == 2
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    proc = run_cli("diffusion_seg.train", *FAST_TRAIN, "trainer=ddp_cpu", "test_after_training=false",
+                   log_dir=tmp_path)
+    assert "val metrics" in proc.stdout + proc.stderr
+    assert (run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_config_errors_are_one_clear_line(tmp_path):
+    proc = run_cli("diffusion_seg.train", "backbone.output_stride=12", log_dir=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "error: backbone.output_stride=12 is not supported; allowed values: [8, 16, 32]" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("diffusion_seg.eval", f"ckpt_path={tmp_path}/none.ckpt", log_dir=tmp_path, check=False)
+    assert proc.returncode != 0 and "no checkpoint at" in proc.stderr
