@@ -20,7 +20,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from diffusion_seg.data.transforms import build_eval_transform, build_train_transform
 
@@ -38,6 +40,19 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each worker's copy of the augmentation pipeline its own deterministic stream.
+
+    ``torch.initial_seed()`` in a worker is the loader's base seed (drawn from the seeded main
+    process RNG, new every epoch) plus the worker id.
+    """
+    pl_worker_init_function(worker_id)  # Lightning's seeding of random/numpy/torch
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
 def _distributed() -> tuple[int, int] | None:
@@ -90,6 +105,9 @@ class SegmentationDataModule(L.LightningDataModule):
             crop_size, mean, std, scale_range, hflip, photometric
         )
         self.eval_transform = build_eval_transform(mean, std, size_divisor, eval_resize)
+        # albumentations draws from its own generators, seeded from OS entropy unless told:
+        # seed them so one `seed` gives one run (workers are re-seeded in _seed_worker).
+        self.train_transform.set_random_seed(seed)
         self.splits = {"train": train_split, "val": val_split, "test": test_split or val_split}
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
@@ -145,6 +163,7 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            worker_init_fn=_seed_worker if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:
