@@ -42,7 +42,7 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _seed_worker(worker_id: int) -> None:
+def seed_worker(worker_id: int) -> None:
     """Give each worker's copy of the augmentation pipeline its own deterministic stream.
 
     ``torch.initial_seed()`` in a worker is the loader's base seed (drawn from the seeded main
@@ -106,7 +106,7 @@ class SegmentationDataModule(L.LightningDataModule):
         )
         self.eval_transform = build_eval_transform(mean, std, size_divisor, eval_resize)
         # albumentations draws from its own generators, seeded from OS entropy unless told:
-        # seed them so one `seed` gives one run (workers are re-seeded in _seed_worker).
+        # seed them so one `seed` gives one run (workers are re-seeded in seed_worker).
         self.train_transform.set_random_seed(seed)
         self.splits = {"train": train_split, "val": val_split, "test": test_split or val_split}
         self.batch_size = batch_size
@@ -163,7 +163,7 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            worker_init_fn=_seed_worker if train else None,
+            worker_init_fn=seed_worker if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:

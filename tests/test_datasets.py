@@ -1,0 +1,325 @@
+"""The on-disk datasets on generated trees in each release's exact layout: DataModules from
+the Hydra configs, label mappings, and every bad-input message."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from diffusion_seg.config import ConfigError, instantiate_node
+from diffusion_seg.data import fixtures
+from diffusion_seg.data.base import BadSampleError, DatasetNotFoundError, save_label_png
+from diffusion_seg.data.callbacks import BadSampleReport
+from diffusion_seg.data.check import compose_config
+from diffusion_seg.data.datasets import (
+    ADE20K,
+    CONTEXT_CLASSES,
+    PERSON_PART_CLASSES,
+    VOC_CLASSES,
+    FolderDataset,
+    PascalContext,
+    PersonPart,
+    VOCAug,
+)
+from diffusion_seg.models.backbone import TimmBackbone
+from diffusion_seg.models.heads import FCNHead
+from diffusion_seg.models.segmentor import Segmentor
+from diffusion_seg.module import SegmentationModule
+
+# config name → (tree builder, classes, raw label → train id)
+ADE_MAP = np.r_[255, np.arange(150), np.full(105, 1000)]
+CONFIGS = {
+    "ade20k": (fixtures.make_ade20k, 150, lambda raw: ADE_MAP[raw]),
+    "voc_aug": (fixtures.make_voc_aug, 21, lambda raw: raw),
+    "pascal_context": (fixtures.make_pascal_context, 60, lambda raw: raw),
+    "pascal_context59": (fixtures.make_pascal_context, 59, lambda raw: np.where(raw == 0, 255, raw - 1)),
+    "person_part": (fixtures.make_person_part, 7, lambda raw: raw),
+    "folder": (lambda root: {"all": fixtures.make_folder(root)}, 3, lambda raw: raw),
+}
+FAST = ["dataset.num_workers=0", "dataset.crop_size=32", "dataset.batch_size=2",
+        "dataset.pin_memory=false", "dataset.persistent_workers=false"]
+
+
+def datamodule(name: str, root, *extra: str):
+    cfg = compose_config([f"dataset={name}", f"dataset.dataset.root={root}", *FAST, *extra])
+    return instantiate(cfg.dataset)
+
+
+def tiny_module(class_names):
+    net = Segmentor(TimmBackbone("test_resnet"), partial(FCNHead, channels=8), len(class_names))
+    return SegmentationModule(net, class_names, optimizer=partial(torch.optim.SGD, lr=0.01))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_datamodule_loads_tree_and_trains_a_step(name, tmp_path):
+    builder, num_classes, mapping = CONFIGS[name]
+    written = builder(tmp_path)
+    dm = datamodule(name, tmp_path)
+    dm.setup("fit")
+    assert dm.num_classes == num_classes == len(dm.class_names) == len(dm.palette)
+
+    # Every sample decodes to the release's labels through the dataset's mapping.
+    train_set = dm._sets["train"]
+    raw = {k: v for split in written.values() for k, v in split.items()}
+    for i, (image_path, _) in enumerate(train_set.samples):
+        image, mask = train_set.load(i)
+        np.testing.assert_array_equal(mask, mapping(raw[image_path.stem]))
+        assert image.shape[:2] == mask.shape and image.dtype == np.uint8
+
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (2, 32, 32) and batch["mask"].dtype == torch.long
+    values = set(batch["mask"].unique().tolist())
+    assert values <= set(range(num_classes)) | {255}
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].shape[-1] % 8 == 0 and val["image"].shape[-2] % 8 == 0
+
+    module = tiny_module(dm.class_names)
+    module.log = lambda *args, **kwargs: None
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert module.net.head.classifier.weight.grad is not None
+
+
+def test_class_lists_are_the_benchmarks():
+    assert len(VOC_CLASSES) == 21 and VOC_CLASSES[15] == "person"
+    assert len(CONTEXT_CLASSES) == 60 and CONTEXT_CLASSES[0] == "background"
+    assert CONTEXT_CLASSES[1] == "aeroplane" and CONTEXT_CLASSES[59] == "wood"
+    assert PERSON_PART_CLASSES == ("background", "head", "torso", "upper arms", "lower arms",
+                                   "upper legs", "lower legs")
+    from diffusion_seg.data.datasets import ADE20K_CLASSES
+
+    assert len(ADE20K_CLASSES) == len(set(ADE20K_CLASSES)) == 150
+    assert ADE20K_CLASSES[:3] == ("wall", "building", "sky") and ADE20K_CLASSES[-1] == "flag"
+
+
+# ---------------------------------------------------------------------------------------
+# Missing root / split: one message with the path, the layout and the prepare command.
+
+MISSING = {
+    ADE20K: ("ADEChallengeData2016/images/training", "prepare ade20k", "ADE20K_ROOT"),
+    VOCAug: ("VOCdevkit/VOC2012/JPEGImages", "prepare voc_aug", "VOC_ROOT"),
+    PascalContext: ("VOCdevkit/VOC2010/JPEGImages", "prepare pascal_context", "PASCAL_CONTEXT_ROOT"),
+    PersonPart: ("JPEGImages", "prepare person_part", "PERSON_PART_ROOT"),
+    FolderDataset: ("images", "docs/datasets.md", "root"),
+}
+
+
+@pytest.mark.parametrize("cls", list(MISSING), ids=lambda c: c.__name__)
+def test_missing_root_names_path_layout_and_prepare_command(cls, tmp_path):
+    path, command, hint = MISSING[cls]
+    root = tmp_path / "nowhere"
+    with pytest.raises(DatasetNotFoundError) as err:
+        cls(root, "train")
+    message = str(err.value)
+    assert f"{root / path} does not exist" in message
+    assert "Expected layout" in message and command in message and hint in message
+
+
+def test_missing_split_list_names_the_list(tmp_path):
+    fixtures.make_voc_aug(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"ImageSets/Segmentation/nosuch\.txt does not exist"):
+        VOCAug(tmp_path, "nosuch")
+    fixtures.make_person_part(tmp_path / "pp")
+    with pytest.raises(DatasetNotFoundError, match=r"test_id\.txt does not exist"):
+        PersonPart(tmp_path / "pp", "test")
+
+
+def test_missing_root_through_hydra_names_the_path(tmp_path):
+    cfg = compose_config(["dataset=pascal_context", f"dataset.dataset.root={tmp_path}", *FAST])
+    with pytest.raises(ConfigError, match="VOC2010/JPEGImages does not exist") as err:
+        instantiate_node(cfg, "dataset")
+    assert "prepare pascal_context" in str(err.value)
+
+
+def test_unknown_split_and_option_values_name_the_key(tmp_path):
+    fixtures.make_ade20k(tmp_path)
+    with pytest.raises(ValueError, match="no split 'test'.*allowed: train, val"):
+        ADE20K(tmp_path, "test")
+    with pytest.raises(ValueError, match=r"on_bad_sample='ignore' is invalid; allowed: error, skip"):
+        ADE20K(tmp_path, "val", on_bad_sample="ignore")
+    with pytest.raises(ValueError, match=r"dataset\.dataset\.classes=21 is invalid; allowed: 60"):
+        PascalContext(tmp_path, "train", classes=21)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad samples: the error names the file and the values.
+
+
+@pytest.fixture
+def voc(tmp_path):
+    written = fixtures.make_voc_aug(tmp_path, counts={"trainaug": 3, "val": 1})
+    ids = list(written["trainaug"])
+    base = tmp_path / "VOCdevkit" / "VOC2012"
+    return tmp_path, base, ids
+
+
+def _image(base, i):
+    return base / "JPEGImages" / f"{i}.jpg"
+
+
+def _mask(base, i):
+    return base / "SegmentationClassAug" / f"{i}.png"
+
+
+def test_corrupt_and_truncated_image(voc):
+    root, base, ids = voc
+    _image(base, ids[0]).write_bytes(b"not a jpeg")
+    data = _image(base, ids[1]).read_bytes()
+    _image(base, ids[1]).write_bytes(data[: len(data) // 2])
+    ds = VOCAug(root, "trainaug")
+    for i in (0, 1):
+        with pytest.raises(BadSampleError, match=rf"cannot read image .*{ids[i]}\.jpg"):
+            ds.load(i)
+
+
+def test_corrupt_mask(voc):
+    root, base, ids = voc
+    _mask(base, ids[0]).write_bytes(b"\x89PNG garbage")
+    with pytest.raises(BadSampleError, match=rf"cannot read mask .*{ids[0]}\.png"):
+        VOCAug(root, "trainaug")[0]
+
+
+def test_size_mismatch_names_both_files_and_sizes(voc):
+    root, base, ids = voc
+    w, h = Image.open(_image(base, ids[0])).size
+    save_label_png(_mask(base, ids[0]), np.zeros((h + 1, w), np.uint8))
+    with pytest.raises(BadSampleError) as err:
+        VOCAug(root, "trainaug").load(0)
+    message = str(err.value)
+    assert f"{ids[0]}.jpg is {w}×{h}" in message and f"{ids[0]}.png is {w}×{h + 1}" in message
+
+
+def test_label_values_outside_classes_are_named(voc, tmp_path):
+    root, base, ids = voc
+    w, h = Image.open(_image(base, ids[0])).size
+    label = np.zeros((h, w), np.uint8)
+    label[0, :3] = [42, 21, 255]
+    save_label_png(_mask(base, ids[0]), label)
+    with pytest.raises(BadSampleError, match=rf"{ids[0]}\.png has label values \[21, 42\] outside the 21"):
+        VOCAug(root, "trainaug").load(0)
+    # ADE20K: raw 151 maps to 150, outside 0..149; the message gives the raw value.
+    written = fixtures.make_ade20k(tmp_path / "ade", counts={"val": 1})
+    name, raw = next(iter(written["val"].items()))
+    raw[0, 0] = 151
+    fixtures.write_gray_png(tmp_path / "ade/ADEChallengeData2016/annotations/validation" / f"{name}.png", raw)
+    with pytest.raises(BadSampleError, match=r"label values \[151\] outside the 150 classes"):
+        ADE20K(tmp_path / "ade", "val").load(0)
+
+
+def test_colour_and_16bit_masks_are_rejected(voc):
+    root, base, ids = voc
+    w, h = Image.open(_image(base, ids[0])).size
+    Image.new("RGB", (w, h), (128, 0, 0)).save(_mask(base, ids[0]))
+    with pytest.raises(BadSampleError, match=r"PIL mode 'RGB'"):
+        VOCAug(root, "trainaug").load(0)
+    w, h = Image.open(_image(base, ids[1])).size
+    Image.fromarray(np.full((h, w), 300, np.uint16)).save(_mask(base, ids[1]))
+    with pytest.raises(BadSampleError, match=r"values \[300\] outside 0\.\.255"):
+        VOCAug(root, "trainaug").load(1)
+
+
+def test_missing_listed_file_fails_at_construction_or_is_skipped(voc, caplog):
+    root, base, ids = voc
+    _mask(base, ids[1]).unlink()
+    with pytest.raises(BadSampleError, match=rf"1 file\(s\) named by the split are missing:\n  .*{ids[1]}\.png"):
+        VOCAug(root, "trainaug")
+    with caplog.at_level(logging.WARNING):
+        ds = VOCAug(root, "trainaug", on_bad_sample="skip")
+    assert len(ds) == 2 and ds.missing == [_mask(base, ids[1])]
+    assert f"{ids[1]}.png" in caplog.text
+
+
+def test_skip_replaces_bad_sample_and_says_which(voc):
+    root, base, ids = voc
+    _image(base, ids[1]).write_bytes(b"garbage")
+    ds = VOCAug(root, "trainaug", on_bad_sample="skip")
+    assert ds[0]["skipped"] == "" and ds[0]["name"] == ids[0]
+    sample = ds[1]
+    assert sample["name"] == ids[2]
+    assert f"{ids[1]}.jpg" in sample["skipped"] and "cannot read image" in sample["skipped"]
+    for i in range(3):
+        _image(base, ids[i]).write_bytes(b"garbage")
+    with pytest.raises(BadSampleError, match="3 consecutive bad samples"):
+        ds[0]
+
+
+def test_skip_report_survives_dataloader_workers(voc, tmp_path):
+    """Bad files met in worker processes reach the main process's end-of-epoch report,
+    while a real SegmentationModule trains on the rest."""
+    root, base, ids = voc
+    _image(base, ids[1]).write_bytes(b"garbage")
+    dm = datamodule("voc_aug", root, "dataset.dataset.on_bad_sample=skip", "dataset.num_workers=2",
+                    "dataset.batch_size=1")
+    report = BadSampleReport()
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, callbacks=[report],
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(tiny_module(dm.class_names), datamodule=dm)
+    train_reports = [r for r in report.reports if r[0] == "train"]
+    assert [epoch for _, epoch, _ in train_reports] == [0, 1]
+    for _, _, messages in train_reports:
+        assert len(messages) == 1 and f"{ids[1]}.jpg" in messages[0]
+    assert trainer.callback_metrics["data/skipped_train"] == 1.0
+    assert trainer.callback_metrics["data/skipped_val"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# Folder dataset
+
+
+def test_folder_with_split_lists_and_colour_masks(tmp_path):
+    colours = np.array([[0, 0, 0], [128, 64, 128], [0, 0, 142]], np.uint8)
+    written = fixtures.make_folder(tmp_path, n=5, colours=colours, splits={"train": 3, "val": 2})
+    with open(tmp_path / "classes.txt", "a") as f:
+        f.write("ignore 255 255 255  # unlabelled\n")
+    train = FolderDataset(tmp_path, "train")
+    assert train.class_names == ["background", "road", "car"]
+    np.testing.assert_array_equal(train.palette, colours)
+    assert [p.stem for p, _ in train.samples] == list(written)[:3]
+    assert len(FolderDataset(tmp_path, "val")) == 2
+    mask = np.asarray(Image.open(train.samples[0][1])).copy()
+    mask[0, 0] = 255
+    Image.fromarray(mask).save(train.samples[0][1])
+    label = train.load(0)[1]
+    expected = written[train.samples[0][0].stem].copy()
+    expected[0, 0] = 255
+    np.testing.assert_array_equal(label, expected)
+    mask[0, 0] = (1, 2, 3)
+    Image.fromarray(mask).save(train.samples[0][1])
+    with pytest.raises(BadSampleError, match=r"colours \[\(1, 2, 3\)\] that are not in the classes file"):
+        train.load(0)
+
+
+def test_folder_without_splits_holds_out_a_stable_val_fraction(tmp_path):
+    written = fixtures.make_folder(tmp_path, n=20)
+    train = {p.stem for p, _ in FolderDataset(tmp_path, "train", val_fraction=0.2).samples}
+    val = {p.stem for p, _ in FolderDataset(tmp_path, "val", val_fraction=0.2).samples}
+    assert len(val) == 4 and not train & val and train | val == set(written)
+    assert val == {p.stem for p, _ in FolderDataset(tmp_path, "val", val_fraction=0.2).samples}
+    assert len(FolderDataset(tmp_path, "all")) == 20
+
+
+def test_folder_classes_and_reduce_zero_label(tmp_path):
+    written = fixtures.make_folder(tmp_path, n=2)
+    (tmp_path / "classes.txt").unlink()
+    with pytest.raises(ValueError, match=r"no classes file .*classes\.txt and dataset\.dataset\.num_classes"):
+        FolderDataset(tmp_path, "all")
+    ds = FolderDataset(tmp_path, "all", num_classes=3, reduce_zero_label=True)
+    assert ds.class_names == ["class_0", "class_1", "class_2"]
+    raw = written[ds.samples[0][0].stem]
+    np.testing.assert_array_equal(ds.load(0)[1], np.where(raw == 0, 255, raw - 1))
+    (tmp_path / "classes.txt").write_text("a\nb 1 2 3\n")
+    with pytest.raises(ValueError, match="a colour on every line or on none"):
+        FolderDataset(tmp_path, "all")
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match=r"num_classes=3 but .* lists 2 classes"):
+        FolderDataset(tmp_path, "all", num_classes=3)
