@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## Create .venv and install the package (editable) with its dev extra
 
 train: $(STAMP) ## Train + evaluate the default experiment on the built-in dataset (~3 min on CPU)
-	$(PY) -m diffusion_seg.train $(ARGS)
+	$(PY) -m diffusion_seg.train experiment=quickstart $(ARGS)
 
 eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=logs/train/runs/<run>/checkpoints/last.ckpt
 	@test -n "$(CKPT)" || { echo "usage: make eval CKPT=path/to/file.ckpt [ARGS=...]"; exit 2; }

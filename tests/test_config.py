@@ -1,6 +1,5 @@
 """Every config in every group composes, and what it describes can be built."""
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -109,7 +109,7 @@ MISSING = {
     VOCAug: ("VOCdevkit/VOC2012/JPEGImages", "prepare voc_aug", "VOC_ROOT"),
     PascalContext: ("VOCdevkit/VOC2010/JPEGImages", "prepare pascal_context", "PASCAL_CONTEXT_ROOT"),
     PersonPart: ("JPEGImages", "prepare person_part", "PERSON_PART_ROOT"),
-    FolderDataset: ("images", "docs/datasets.md", "root"),
+    FolderDataset: ("images", "README.md", "root"),
 }
 
 

@@ -24,13 +24,11 @@ noise.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
+
+from diffusion_seg.bench.common import child_main, measure, run_case
 
 GRIDS_CPU = (41, 64, 96, 128, 160, 192)
 GRIDS_CUDA = (41, 64, 96, 128, 160, 192, 256, 320, 384, 512)
@@ -47,45 +45,8 @@ def dense_bytes(grid: int, walks: int, backward: bool) -> int:
 # --------------------------------------------------------------------------- child side
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _measure(fn: Callable[[], None], spec: dict[str, Any]) -> dict[str, Any]:
-    """Warm-up once, then time ``repeats`` runs (stopping early past ``max_seconds``);
-    peak memory over all runs relative to just before the first."""
-    import resource
-
-    import torch
-
-    device = spec["device"]
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times: list[float] = []
-    start_all = time.perf_counter()
-    for i in range(spec["repeats"] + 1):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        if i > 0:  # run 0 is the warm-up
-            times.append(time.perf_counter() - start)
-        if time.perf_counter() - start_all > spec["max_seconds"] and times:
-            break
-        if i == 0 and time.perf_counter() - start_all > spec["max_seconds"]:
-            times.append(time.perf_counter() - start)  # too slow to repeat: report the warm-up
-            break
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return {"time": statistics.median(times), "runs": len(times), "peak": max(peak, 0)}
+    return measure(fn, spec["device"], spec["repeats"], spec["max_seconds"])
 
 
 def _diffusion_case(spec: dict[str, Any]) -> dict[str, Any]:
@@ -149,8 +110,6 @@ def _train_case(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _table4_case(spec: dict[str, Any]) -> dict[str, Any]:
-    import functools
-
     import torch
 
     from diffusion_seg.models.backbone import TimmBackbone
@@ -198,40 +157,11 @@ def _table4_case(spec: dict[str, Any]) -> dict[str, Any]:
 CASES = {"diffusion": _diffusion_case, "train": _train_case, "table4": _table4_case}
 
 
-def _child(spec_json: str) -> None:
-    import torch
-
-    spec = json.loads(spec_json)
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    try:
-        result = CASES[spec["kind"]](spec)
-    except torch.OutOfMemoryError:
-        result = {"error": "OOM"}
-    print("RESULT " + json.dumps(result), flush=True)
-
-
 # -------------------------------------------------------------------------- parent side
 
 
-def _run(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """One case in a fresh interpreter; its JSON result, or an ``error`` entry."""
-    cmd = [sys.executable, "-m", "diffusion_seg.bench.difnet", "--child", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout > {timeout:.0f} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    if proc.returncode < 0:  # killed by a signal: the kernel's OOM killer on CPU
-        return {"error": f"killed (signal {-proc.returncode}, out of memory?)"}
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"failed: {tail[:120]}"}
-
-
 def _fmt_time(result: dict[str, Any]) -> str:
-    return result["error"] if "error" in result else f"{result['time'] * 1e3:.1f} ms"
+    return result["error"] if "error" in result else f"{result['median'] * 1e3:.1f} ms"
 
 
 def _fmt_mem(result: dict[str, Any]) -> str:
@@ -262,7 +192,7 @@ def _diffusion_table(args: argparse.Namespace, base: dict[str, Any]) -> None:
                 elif mode == "dense" and not args.cuda and estimate > args.mem_limit_gb * 2**30:
                     row[mode] = {"error": f"OOM-guard (est. {estimate / 2**30:.1f} GB)"}
                 else:
-                    row[mode] = _run(spec, args.timeout)
+                    row[mode] = run_case("diffusion_seg.bench.difnet", spec, args.timeout)
                 if mode == "dense" and "error" in row[mode]:
                     dense_failed[backward] = True
             dense, attn = row["dense"], row["attention"]
@@ -280,7 +210,7 @@ def _table4(args: argparse.Namespace, base: dict[str, Any]) -> None:
     difnet_bb, baseline_bb = ("resnet18", "resnet34") if args.quick else ("resnet50", "resnet101")
     spec = {**base, "kind": "table4", "size": size, "difnet_backbone": difnet_bb,
             "baseline_backbone": baseline_bb, "repeats": max(1, min(args.repeats, 3))}
-    result = _run(spec, args.timeout * 4)
+    result = run_case("diffusion_seg.bench.difnet", spec, args.timeout * 4)
     print(f"\n## Table 4: inference at {size}×{size}, batch 1, {args.device} "
           f"(paper: GTX 1080, DifNet-50 seed 18 / similarity 15 / diffusion 6 ms, "
           f"Sim-DeepLab-101 36 ms)\n")
@@ -309,7 +239,7 @@ def _train_table(args: argparse.Namespace, base: dict[str, Any]) -> None:
         else:
             spec = {**base, "kind": "train", "size": size, "mode": mode,
                     "backbone": args.train_backbone, "repeats": max(1, min(args.repeats, 2))}
-            result = _run(spec, args.timeout * 4)
+            result = run_case("diffusion_seg.bench.difnet", spec, args.timeout * 4)
         print(f"| {mode} | {_fmt_time(result)} | {_fmt_mem(result)} |", flush=True)
 
 
@@ -343,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.child)
+        child_main(lambda spec: CASES[spec["kind"]](spec), args.child)
         return
     args.cuda = args.device.startswith("cuda")
     args.dtype = args.dtype or ("bfloat16" if args.cuda else "float32")

@@ -24,13 +24,10 @@ least disturbed estimate (on a GPU best and median hardly differ).
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
+
+from diffusion_seg.bench.common import child_main, measure, run_case
 
 from diffusion_seg.models.backbone import TimmBackbone
 
@@ -39,33 +36,6 @@ PAPER_MODULE_MS = 112.0  # per module (Table 3: 1M 112 ms, 2M 224 ms)
 VARIANTS = ((8, 1), (24, 1), (8, 2), (24, 2))  # (neighbors, modules), the paper's rows
 
 # --------------------------------------------------------------------------- child side
-
-
-def _measure(fn: Callable[[], None], device: str, repeats: int) -> dict[str, Any]:
-    """Best of ``repeats`` timed runs after a warm-up; peak memory over all runs, warm-up
-    included, relative to just before it (a warm-up leaves the high-water mark behind)."""
-    import torch
-
-    cuda = device.startswith("cuda")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    fn()  # warm-up (oneDNN / cuDNN kernel selection, allocator)
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return {"time": min(times), "peak": max(peak, 0)}
 
 
 def _case(spec: dict[str, Any]) -> dict[str, Any]:
@@ -135,39 +105,12 @@ def _case(spec: dict[str, Any]) -> dict[str, Any]:
             with torch.no_grad(), autocast:
                 forward()
 
-    result = _measure(run, device, spec["repeats"])
+    result = measure(run, device, spec["repeats"])
     result["time"] /= batch
     return result
 
 
-def _child(spec_json: str) -> None:
-    import torch
-
-    spec = json.loads(spec_json)
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    try:
-        result = _case(spec)
-    except torch.OutOfMemoryError:
-        result = {"error": "OOM"}
-    print("RESULT " + json.dumps(result), flush=True)
-
-
 # -------------------------------------------------------------------------- parent side
-
-
-def _run(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """One case in a fresh interpreter: its JSON result, or an ``error`` entry."""
-    cmd = [sys.executable, "-m", "diffusion_seg.bench.pdn", "--child", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout > {timeout:.0f} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"failed (exit {proc.returncode}): {tail[:120]}"}
 
 
 def _ms(result: dict[str, Any]) -> str:
@@ -210,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.child)
+        child_main(_case, args.child)
         return
     if args.quick:
         args.backbone, args.size, args.hidden, args.repeats = "test_resnet", 96, 64, 2
@@ -231,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def measure(**case: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         return tuple(  # type: ignore[return-value]
-            _run({**base, **case, "backward": backward}, args.timeout)
+            run_case("diffusion_seg.bench.pdn", {**base, **case, "backward": backward}, args.timeout)
             for backward in (False, True)
         )
 

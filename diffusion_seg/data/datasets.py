@@ -7,7 +7,7 @@ palette and raw-label mapping; reading, validation and the skip policy are in
 :class:`diffusion_seg.data.base.SegmentationDataset`. Every constructor is
 ``(root, split, transform=None, on_bad_sample="error", ...)`` and fails at once, naming the
 path, the expected layout and the prepare command, when the root or the split is missing.
-Layouts and preparation: ``docs/datasets.md``.
+Layouts and preparation: README.md, section Datasets.
 """
 
 from __future__ import annotations
@@ -399,7 +399,7 @@ class FolderDataset(SegmentationDataset):
   masks/<name>.png              (class indices, 255 = ignore; or colours from classes.txt)
   classes.txt                   (optional: "name" or "name R G B" per line)
   splits/{train,val}.txt        (optional: names, one per line)"""
-        prepare = "nothing to run: put the files in place (docs/datasets.md, 'Your own data')"
+        prepare = "nothing to run: put the files in place (README.md, 'Your own data')"
         for path in (root / "images", root / "masks"):
             _check_dir("Folder dataset", path, root, layout, prepare, None)
         if not 0.0 <= val_fraction < 1.0:

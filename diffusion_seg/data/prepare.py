@@ -1,4 +1,4 @@
-"""Convert the public releases into the layouts the datasets read (docs/datasets.md).
+"""Convert the public releases into the layouts the datasets read (README.md, section Datasets).
 
     python -m diffusion_seg.data.prepare voc_aug --voc VOCdevkit/VOC2012 \\
         --sbd benchmark_RELEASE/dataset
