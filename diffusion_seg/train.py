@@ -58,6 +58,8 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
             id_file = output_dir / WANDB_ID_FILE
             if id_file.is_file() and not cfg.logger.wandb.get("id"):
                 kwargs["id"] = id_file.read_text().strip()
+            if not cfg.logger.wandb.get("name"):
+                kwargs["name"] = HydraConfig.get().job.override_dirname or cfg.task_name
             if HydraConfig.get().mode == RunMode.MULTIRUN and not cfg.logger.wandb.get("group"):
                 kwargs["group"] = Path(HydraConfig.get().sweep.dir).name
         loggers.append(instantiate_node(cfg, f"logger.{name}", **kwargs))

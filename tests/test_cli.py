@@ -89,8 +89,11 @@ def test_multirun_gives_each_job_its_own_dir_and_wandb_run(tmp_path):
         assert (job / "checkpoints" / "last.ckpt").is_file()
         runs = list((job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1
+        records = next(runs[0].glob("*.wandb")).read_bytes()
+        assert sweep.name.encode() in records  # W&B group = the sweep
+        assert f"model={'fcn' if job.name == '0' else 'deeplabv2'}".encode() in records  # run name
         ids.add((job / "wandb_run_id.txt").read_text())
-    assert len(ids) == 2
+    assert len(ids) == 2  # one W&B run per job
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):
