@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -15,7 +16,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
 from diffusion_seg import CONFIG_DIR
+from diffusion_seg.builders import build_backbone, build_datamodule, build_module, build_segmentor
 from diffusion_seg.config import register_resolvers
+from diffusion_seg.models.segmentor import Segmentor
 
 register_resolvers()
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -45,6 +48,40 @@ def compose_config(overrides: list[str], config_name: str = "train", output_dir:
             cfg.hydra.runtime.output_dir = str(output_dir)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+# A tiny synthetic run for in-process training-step tests.
+TINY_SYNTHETIC = [
+    "backbone=tiny",
+    "dataset=synthetic",
+    "dataset.dataset.length=4",
+    "dataset.dataset.eval_length=2",
+    "dataset.dataset.size=48",
+    "dataset.crop_size=48",
+    "dataset.batch_size=2",
+]
+
+
+def fit_one_step(overrides: list[str], tmp_path: Path) -> tuple[DictConfig, Segmentor, L.Trainer, dict]:
+    """Config → builders → SegmentationModule → one optimiser step, as ``train.py`` does.
+
+    Returns the config, the network, the trainer and the network's state before the step.
+    """
+    cfg = compose_config(overrides, output_dir=tmp_path)
+    with open_dict(cfg):  # as the CLI sees it: Hydra's own node is not part of the run config
+        del cfg["hydra"]
+    backbone = build_backbone(cfg)
+    datamodule = build_datamodule(cfg, backbone)
+    net = build_segmentor(cfg, datamodule.num_classes, backbone=backbone)
+    module = build_module(cfg, net, datamodule.class_names)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return cfg, net, trainer, before
 
 
 def run_cli(module: str, *args: str, log_dir: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:

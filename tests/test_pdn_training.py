@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from diffusion_seg import CONFIG_DIR
-from diffusion_seg.builders import build_backbone, build_datamodule, build_module, build_segmentor
 from diffusion_seg.models.pdn import PDNHead
-from tests.conftest import compose_config
+from tests.conftest import TINY_SYNTHETIC, compose_config, fit_one_step
 
 OVERRIDES = [
     "model=pdn",
@@ -21,32 +19,13 @@ OVERRIDES = [
     "model.layers=2",
     "model.hidden=16",
     "model.neighbors=8",
-    "backbone=tiny",
-    "dataset=synthetic",
-    "dataset.dataset.length=4",
-    "dataset.dataset.eval_length=2",
-    "dataset.dataset.size=48",
-    "dataset.crop_size=48",
-    "dataset.batch_size=2",
+    *TINY_SYNTHETIC,
 ]
 
 
 def test_one_training_step_with_intermediate_supervision(tmp_path: Path) -> None:
-    cfg = compose_config(OVERRIDES, output_dir=tmp_path)
-    with open_dict(cfg):  # as the CLI sees it: Hydra's own node is not part of the run config
-        del cfg["hydra"]
-    backbone = build_backbone(cfg)
-    datamodule = build_datamodule(cfg, backbone)
-    net = build_segmentor(cfg, datamodule.num_classes, backbone=backbone)
+    cfg, net, trainer, before = fit_one_step(OVERRIDES, tmp_path)
     assert isinstance(net.head, PDNHead) and net.head.insert_at == ["layer3", "output"]
-    module = build_module(cfg, net, datamodule.class_names)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    trainer = L.Trainer(
-        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, datamodule=datamodule)
 
     # the diffusion modules (the one hooked into layer3 included) are new layers: 10× lr
     groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
