@@ -95,11 +95,22 @@ def _check_dir(name: str, path: Path, root: Path, layout: str, prepare: str, env
 
 
 def _listed_pairs(
-    list_path: Path, image_dir: Path, mask_dir: Path, image_ext: str = ".jpg"
+    name: str,
+    root: Path,
+    list_path: Path,
+    image_dir: Path,
+    mask_dir: Path,
+    layout: str,
+    prepare: str,
+    env: str,
 ) -> list[tuple[Path, Path]]:
-    return [
-        (image_dir / f"{i}{image_ext}", mask_dir / f"{i}.png") for i in read_split_list(list_path)
-    ]
+    """``(image_dir/<id>.jpg, mask_dir/<id>.png)`` for every id of a split list, after
+    checking that the directories and the list exist (one message naming what is missing)."""
+    for path in (image_dir, mask_dir):
+        _check_dir(name, path, root, layout, prepare, env)
+    if not list_path.is_file():
+        raise dataset_not_found(name, list_path, root, layout, prepare, env)
+    return [(image_dir / f"{i}.jpg", mask_dir / f"{i}.png") for i in read_split_list(list_path)]
 
 
 class ADE20K(SegmentationDataset):
@@ -193,11 +204,10 @@ class VOCAug(SegmentationDataset):
             "VOCtrainval_11-May-2012.tar; SBD: benchmark.tgz)"
         )
         list_path = base / "ImageSets" / "Segmentation" / f"{split}.txt"
-        for path in (base / "JPEGImages", base / "SegmentationClassAug"):
-            _check_dir("VOC aug", path, root, self.LAYOUT, prepare, "VOC_ROOT")
-        if not list_path.is_file():
-            raise dataset_not_found("VOC aug", list_path, root, self.LAYOUT, prepare, "VOC_ROOT")
-        samples = _listed_pairs(list_path, base / "JPEGImages", base / "SegmentationClassAug")
+        samples = _listed_pairs(
+            "VOC aug", root, list_path, base / "JPEGImages", base / "SegmentationClassAug",
+            self.LAYOUT, prepare, "VOC_ROOT",
+        )
         super().__init__(
             samples, VOC_CLASSES, voc_colormap(21), identity_label_map(), transform,
             on_bad_sample,
@@ -253,12 +263,10 @@ class PascalContext(SegmentationDataset):
             "VOCtrainval_03-May-2010.tar; JSON: the PASCAL in Detail trainval_merged.json)"
         )
         list_path = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"
-        env = "PASCAL_CONTEXT_ROOT"
-        for path in (base / "JPEGImages", base / "SegmentationClassContext"):
-            _check_dir("Pascal Context", path, root, self.LAYOUT, prepare, env)
-        if not list_path.is_file():
-            raise dataset_not_found("Pascal Context", list_path, root, self.LAYOUT, prepare, env)
-        samples = _listed_pairs(list_path, base / "JPEGImages", base / "SegmentationClassContext")
+        samples = _listed_pairs(
+            "Pascal Context", root, list_path, base / "JPEGImages",
+            base / "SegmentationClassContext", self.LAYOUT, prepare, "PASCAL_CONTEXT_ROOT",
+        )
         if classes == 60:
             names, label_map = CONTEXT_CLASSES, identity_label_map()
         else:
@@ -302,13 +310,10 @@ class PersonPart(SegmentationDataset):
             f"{PREPARE} person_part --release <pascal_person_part> --voc "
             f"<VOCdevkit/VOC2010> --out {root}"
         )
-        env = "PERSON_PART_ROOT"
-        for path in (root / "JPEGImages", root / "SegmentationPart"):
-            _check_dir("Person-Part", path, root, self.LAYOUT, prepare, env)
-        list_path = root / f"{split}_id.txt"
-        if not list_path.is_file():
-            raise dataset_not_found("Person-Part", list_path, root, self.LAYOUT, prepare, env)
-        samples = _listed_pairs(list_path, root / "JPEGImages", root / "SegmentationPart")
+        samples = _listed_pairs(
+            "Person-Part", root, root / f"{split}_id.txt", root / "JPEGImages",
+            root / "SegmentationPart", self.LAYOUT, prepare, "PERSON_PART_ROOT",
+        )
         super().__init__(
             samples, PERSON_PART_CLASSES, voc_colormap(7), identity_label_map(), transform,
             on_bad_sample,
