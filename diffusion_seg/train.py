@@ -70,6 +70,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the final metrics."""
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     log.info("Run dir: %s", output_dir)
+    ckpt_path = resolve_ckpt_path(cfg, output_dir)  # fail before building anything
     L.seed_everything(cfg.seed, workers=True)
 
     backbone = build_backbone(cfg)
@@ -99,7 +100,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if isinstance(lg, WandbLogger) and trainer.is_global_zero:
             (output_dir / WANDB_ID_FILE).write_text(lg.experiment.id)
 
-    ckpt_path = resolve_ckpt_path(cfg, output_dir)
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

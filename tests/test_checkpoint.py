@@ -53,3 +53,19 @@ def test_truncated_checkpoint_is_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(ValueError, match="cut.ckpt"):
         load_checkpoint_file(path)
+
+
+def test_resume_dir_without_last_checkpoint_fails_with_the_path(tmp_path):
+    from omegaconf import OmegaConf
+
+    from diffusion_seg.train import resolve_ckpt_path
+
+    cfg = OmegaConf.create({"resume": str(tmp_path / "run"), "ckpt_path": None})
+    with pytest.raises(CheckpointNotFoundError, match=r"no checkpoint at .*run/checkpoints/last.ckpt"):
+        resolve_ckpt_path(cfg, tmp_path)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resolve_ckpt_path(cfg, tmp_path) == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    last = OmegaConf.create({"resume": None, "ckpt_path": "last"})
+    with pytest.raises(CheckpointNotFoundError, match="last.ckpt"):
+        resolve_ckpt_path(last, tmp_path / "elsewhere")
