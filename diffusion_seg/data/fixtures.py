@@ -10,7 +10,7 @@ so decode timings are realistic), labels a few rectangles and disks.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -110,6 +110,32 @@ def _voc_label(rng: np.random.Generator, w: int, h: int, classes: int, border: b
     return label
 
 
+def _make_listed_tree(
+    rng: np.random.Generator,
+    ids: list[str],
+    counts: dict[str, int],
+    image_dir: Path,
+    mask_dir: Path,
+    list_path: Callable[[str], Path],
+    make_label: Callable[[int, int], np.ndarray],
+    size: tuple[int, int],
+    jitter: bool,
+) -> dict[str, dict[str, np.ndarray]]:
+    """JPEGs in ``image_dir``, palette label PNGs in ``mask_dir`` and one id list per split
+    (``counts`` ids each, taken in order from ``ids``); returns ``{split: {id: label}}``."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for split, n in counts.items():
+        out[split] = {}
+        for i in ids[:n]:
+            w, h = _size(rng, size, jitter)
+            write_jpeg(image_dir / f"{i}.jpg", photo(rng, w, h))
+            out[split][i] = make_label(w, h)
+            save_label_png(mask_dir / f"{i}.png", out[split][i])
+        ids = ids[n:]
+        write_lines(list_path(split), list(out[split]))
+    return out
+
+
 def make_voc_aug(
     root: Path, counts: dict[str, int] | None = None, size=(50, 38), seed=0, jitter=True
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -117,18 +143,13 @@ def make_voc_aug(
     rng = np.random.default_rng(seed)
     base = root / "VOCdevkit" / "VOC2012"
     counts = counts or {"trainaug": 4, "val": 2}
-    ids = _voc_ids(rng, sum(counts.values()))
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for split, n in counts.items():
-        out[split] = {}
-        for i in ids[:n]:
-            w, h = _size(rng, size, jitter)
-            write_jpeg(base / "JPEGImages" / f"{i}.jpg", photo(rng, w, h))
-            out[split][i] = _voc_label(rng, w, h, 21, border=True)
-            save_label_png(base / "SegmentationClassAug" / f"{i}.png", out[split][i])
-        ids = ids[n:]
-        write_lines(base / "ImageSets" / "Segmentation" / f"{split}.txt", list(out[split]))
-    return out
+    return _make_listed_tree(
+        rng, _voc_ids(rng, sum(counts.values())), counts,
+        base / "JPEGImages", base / "SegmentationClassAug",
+        lambda split: base / "ImageSets" / "Segmentation" / f"{split}.txt",
+        lambda w, h: _voc_label(rng, w, h, 21, border=True),
+        size, jitter,
+    )
 
 
 def make_pascal_context(
@@ -138,19 +159,13 @@ def make_pascal_context(
     rng = np.random.default_rng(seed)
     base = root / "VOCdevkit" / "VOC2010"
     counts = counts or {"train": 4, "val": 2}
-    ids = _voc_ids(rng, sum(counts.values()), 2008)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for split, n in counts.items():
-        out[split] = {}
-        for i in ids[:n]:
-            w, h = _size(rng, size, jitter)
-            write_jpeg(base / "JPEGImages" / f"{i}.jpg", photo(rng, w, h))
-            label = label_map(rng, w, h, [0, 59] + list(rng.integers(1, 60, size=3)))
-            save_label_png(base / "SegmentationClassContext" / f"{i}.png", label)
-            out[split][i] = label
-        ids = ids[n:]
-        write_lines(base / "ImageSets" / "SegmentationContext" / f"{split}.txt", list(out[split]))
-    return out
+    return _make_listed_tree(
+        rng, _voc_ids(rng, sum(counts.values()), 2008), counts,
+        base / "JPEGImages", base / "SegmentationClassContext",
+        lambda split: base / "ImageSets" / "SegmentationContext" / f"{split}.txt",
+        lambda w, h: label_map(rng, w, h, [0, 59] + list(rng.integers(1, 60, size=3))),
+        size, jitter,
+    )
 
 
 def make_person_part(
@@ -159,19 +174,13 @@ def make_person_part(
     """Prepared ``JPEGImages/``, ``SegmentationPart/`` (palette PNGs), ``{split}_id.txt``."""
     rng = np.random.default_rng(seed)
     counts = counts or {"train": 4, "val": 2}
-    ids = _voc_ids(rng, sum(counts.values()), 2008)
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for split, n in counts.items():
-        out[split] = {}
-        for i in ids[:n]:
-            w, h = _size(rng, size, jitter)
-            write_jpeg(root / "JPEGImages" / f"{i}.jpg", photo(rng, w, h))
-            label = label_map(rng, w, h, list(range(7)))
-            save_label_png(root / "SegmentationPart" / f"{i}.png", label)
-            out[split][i] = label
-        ids = ids[n:]
-        write_lines(root / f"{split}_id.txt", list(out[split]))
-    return out
+    return _make_listed_tree(
+        rng, _voc_ids(rng, sum(counts.values()), 2008), counts,
+        root / "JPEGImages", root / "SegmentationPart",
+        lambda split: root / f"{split}_id.txt",
+        lambda w, h: label_map(rng, w, h, list(range(7))),
+        size, jitter,
+    )
 
 
 def make_folder(
