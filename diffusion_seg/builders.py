@@ -38,10 +38,11 @@ def build_segmentor(
 
 
 def build_datamodule(cfg: DictConfig, backbone: TimmBackbone) -> SegmentationDataModule:
-    """The DataModule, normalised like the backbone's pretraining and padded for evaluation to
-    a multiple of its output stride (unless the dataset config sets these itself)."""
+    """The DataModule, normalised like the backbone's pretraining, padded for evaluation to a
+    multiple of its output stride and seeded (augmentations, distributed sampler) by the run's
+    ``seed`` — unless the dataset config sets these itself."""
     defaults = {"mean": list(backbone.mean), "std": list(backbone.std),
-                "size_divisor": max(backbone.reductions)}
+                "size_divisor": max(backbone.reductions), "seed": cfg.seed}
     kwargs = {k: v for k, v in defaults.items() if OmegaConf.select(cfg.dataset, k) is None}
     return instantiate_node(cfg, "dataset", **kwargs)
 

@@ -106,3 +106,16 @@ def test_unknown_option_names_key():
     cfg = compose_config(["+backbone.depth=3"])
     with pytest.raises(ConfigError, match="backbone.depth is not an option of .*TimmBackbone"):
         instantiate_node(cfg, "backbone")
+
+
+def test_run_seed_drives_the_augmentation_stream(tmp_path):
+    from diffusion_seg.builders import build_backbone, build_datamodule
+
+    def first_crop(seed):
+        cfg = compose_config([f"seed={seed}", "dataset.scale_range=[0.5,2.0]", "dataset.crop_size=48"])
+        dm = build_datamodule(cfg, build_backbone(cfg))
+        dm.setup("fit")
+        return dm._get("train")[0]["image"]
+
+    assert torch.equal(first_crop(1), first_crop(1))
+    assert not torch.equal(first_crop(1), first_crop(2))
