@@ -18,7 +18,7 @@ help: ## Show this help
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,prepare]"
 	@touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install the package (editable) with its dev extra

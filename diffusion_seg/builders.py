@@ -1,4 +1,9 @@
-"""Build the run's objects from a composed config (shared by train, eval and tools)."""
+"""Build the run's objects from a composed config: backbone, network, DataModule, task.
+
+Shared by train, eval, the checkpoint loader and the tools. Every object is built with
+``hydra.utils.instantiate`` from its config group, so any constructor argument is a
+command-line override; errors name the config key.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion_seg.config import ConfigError, instantiate_node, unknown_option_error
-from diffusion_seg.data.datamodule import SegmentationDataModule
+from diffusion_seg.config import as_config_error, instantiate_node, unknown_option_error
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.segmentor import Segmentor
-from diffusion_seg.module import SegmentationModule
 
 
 def build_backbone(cfg: DictConfig, pretrained: bool = True) -> TimmBackbone:
@@ -33,11 +36,10 @@ def build_segmentor(
     except TypeError as err:
         raise unknown_option_error("model", getattr(head_factory, "func", head_factory), err) from err
     except ValueError as err:
-        message = str(err)
-        raise ConfigError(message if message.startswith("model.") else f"model: {message}") from err
+        raise as_config_error("model", err) from err
 
 
-def build_datamodule(cfg: DictConfig, backbone: TimmBackbone) -> SegmentationDataModule:
+def build_datamodule(cfg: DictConfig, backbone: TimmBackbone) -> Any:
     """The DataModule, normalised like the backbone's pretraining, padded for evaluation to a
     multiple of its output stride and seeded (augmentations, distributed sampler) by the run's
     ``seed`` — unless the dataset config sets these itself."""
@@ -47,21 +49,21 @@ def build_datamodule(cfg: DictConfig, backbone: TimmBackbone) -> SegmentationDat
     return instantiate_node(cfg, "dataset", **kwargs)
 
 
-def build_module(
-    cfg: DictConfig, net: Segmentor, class_names: list[str], train: bool = True
-) -> SegmentationModule:
-    config = OmegaConf.to_container(cfg, resolve=True)
+def build_task(cfg: DictConfig, net: Segmentor, class_names: list[str], train: bool = True) -> Any:
+    """The LightningModule (``task`` config node) around ``net``; the resolved run config
+    and the class names go into every checkpoint it writes."""
+    # Hydra's own node (present when composed with return_hydra_config) is not the run's.
+    run_keys = [key for key in cfg if key != "hydra"]
+    config = OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True)
     assert isinstance(config, dict)
-    config["class_names"] = class_names
-    return SegmentationModule(
-        net,
-        class_names,
-        optimizer=instantiate_node(cfg, "optimizer") if train else None,
-        scheduler=instantiate_node(cfg, "scheduler") if train and cfg.get("scheduler") else None,
-        new_lr_mult=cfg.get("new_lr_mult", 10.0),
-        aux_weight=cfg.loss.aux_weight,
-        ignore_index=cfg.loss.ignore_index,
-        inference=OmegaConf.to_container(cfg.inference, resolve=True),
-        channels_last=cfg.get("channels_last", False),
-        config=config,
-    )
+    config["class_names"] = list(class_names)
+    # Built as a partial and called here: the run config holds `_target_` nodes that Hydra
+    # would instantiate if it were passed through `instantiate`.
+    factory = instantiate_node(cfg, "task", _partial_=True)
+    optimizer = instantiate_node(cfg, "optimizer") if train else None
+    try:
+        return factory(net=net, class_names=list(class_names), optimizer=optimizer, run_config=config)
+    except TypeError as err:
+        raise unknown_option_error("task", cfg.task._target_, err) from err
+    except ValueError as err:
+        raise as_config_error("task", err) from err

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
 from diffusion_seg import CONFIG_DIR
-from diffusion_seg.builders import build_backbone, build_datamodule, build_module, build_segmentor
+from diffusion_seg.builders import build_backbone, build_datamodule, build_segmentor, build_task
 from diffusion_seg.config import register_resolvers
 from diffusion_seg.models.segmentor import Segmentor
 
@@ -27,9 +27,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 FAST_TRAIN = [
     "backbone=tiny",
     "dataset=synthetic",
-    "dataset.dataset.length=32",
-    "dataset.dataset.eval_length=16",
-    "dataset.dataset.size=64",
+    "dataset.length=32",
+    "dataset.eval_length=16",
+    "dataset.size=64",
     "dataset.crop_size=64",
     "dataset.batch_size=8",
     "trainer.max_epochs=1",
@@ -54,16 +54,16 @@ def compose_config(overrides: list[str], config_name: str = "train", output_dir:
 TINY_SYNTHETIC = [
     "backbone=tiny",
     "dataset=synthetic",
-    "dataset.dataset.length=4",
-    "dataset.dataset.eval_length=2",
-    "dataset.dataset.size=48",
+    "dataset.length=4",
+    "dataset.eval_length=2",
+    "dataset.size=48",
     "dataset.crop_size=48",
     "dataset.batch_size=2",
 ]
 
 
 def fit_one_step(overrides: list[str], tmp_path: Path) -> tuple[DictConfig, Segmentor, L.Trainer, dict]:
-    """Config → builders → SegmentationModule → one optimiser step, as ``train.py`` does.
+    """Config → builders → SegmentationTask → one optimiser step, as ``train.py`` does.
 
     Returns the config, the network, the trainer and the network's state before the step.
     """
@@ -73,14 +73,14 @@ def fit_one_step(overrides: list[str], tmp_path: Path) -> tuple[DictConfig, Segm
     backbone = build_backbone(cfg)
     datamodule = build_datamodule(cfg, backbone)
     net = build_segmentor(cfg, datamodule.num_classes, backbone=backbone)
-    module = build_module(cfg, net, datamodule.class_names)
+    task = build_task(cfg, net, datamodule.class_names)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     trainer = L.Trainer(
         max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         default_root_dir=tmp_path,
     )
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(task, datamodule=datamodule)
     return cfg, net, trainer, before
 
 

@@ -57,3 +57,39 @@ def test_frozen_bn_keeps_statistics_and_affine_fixed():
     backbone(torch.randn(2, 3, 64, 64) * 5 + 3)
     after = backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def conv3x3_dilations(backbone: TimmBackbone, stage: str) -> list[list[int]]:
+    """Per block of ``stage``: the dilation of each of its 3×3 convs."""
+    blocks = backbone.model.get_submodule(stage)
+    return [
+        [m.dilation[0] for m in block.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+        for block in blocks
+    ]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_deeplab_dilation_pattern_dilates_every_block(name):
+    """DeepLab-v2's ResNet at output stride 8: every 3×3 conv of layer3 at dilation 2 and of
+    layer4 at 4, res4a/res5a included; timm keeps each dilated stage's first block at the
+    previous dilation. Padding follows, so the feature sizes do not change."""
+    timm_style = TimmBackbone(name, output_stride=8)
+    deeplab = TimmBackbone(name, output_stride=8, dilation_pattern="deeplab")
+    for stage in ("layer1", "layer2"):
+        assert {d for block in conv3x3_dilations(deeplab, stage) for d in block} == {1}
+    assert conv3x3_dilations(deeplab, "layer3") == [[2] * len(b) for b in conv3x3_dilations(deeplab, "layer3")]
+    assert conv3x3_dilations(deeplab, "layer4") == [[4] * len(b) for b in conv3x3_dilations(deeplab, "layer4")]
+    first3, first4 = conv3x3_dilations(timm_style, "layer3")[0], conv3x3_dilations(timm_style, "layer4")[0]
+    assert first3[0] == 1 and first4[0] == 2  # timm: the first conv of the first block lags
+    x = torch.randn(1, 3, 64, 64)
+    assert [f.shape for f in deeplab(x)] == [f.shape for f in timm_style(x)]
+    at16 = TimmBackbone(name, output_stride=16, dilation_pattern="deeplab")
+    assert {d for b in conv3x3_dilations(at16, "layer3") for d in b} == {1}
+    assert {d for b in conv3x3_dilations(at16, "layer4") for d in b} == {2}
+
+
+def test_dilation_pattern_is_checked():
+    with pytest.raises(ValueError, match="backbone.dilation_pattern='atrous' is invalid; allowed: timm, deeplab"):
+        TimmBackbone("test_resnet", dilation_pattern="atrous")
+    with pytest.raises(ValueError, match="needs a ResNet-family backbone"):
+        TimmBackbone("mobilenetv2_100", dilation_pattern="deeplab")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffusion_seg.checkpoint import AtomicCheckpointIO, CheckpointNotFoundError, load_checkpoint_file
+from diffusion_seg.lightning.checkpoint import AtomicCheckpointIO, CheckpointNotFoundError, load_checkpoint_file
 
 
 class NotWeights:
@@ -56,16 +56,13 @@ def test_truncated_checkpoint_is_reported(tmp_path):
 
 
 def test_resume_dir_without_last_checkpoint_fails_with_the_path(tmp_path):
-    from omegaconf import OmegaConf
+    from diffusion_seg.lightning.checkpoint import resolve_checkpoint_path
 
-    from diffusion_seg.train import resolve_ckpt_path
-
-    cfg = OmegaConf.create({"resume": str(tmp_path / "run"), "ckpt_path": None})
+    run = str(tmp_path / "run")
     with pytest.raises(CheckpointNotFoundError, match=r"no checkpoint at .*run/checkpoints/last.ckpt"):
-        resolve_ckpt_path(cfg, tmp_path)
+        resolve_checkpoint_path(run, None, tmp_path)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert resolve_ckpt_path(cfg, tmp_path) == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    last = OmegaConf.create({"resume": None, "ckpt_path": "last"})
+    assert resolve_checkpoint_path(run, None, tmp_path) == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
     with pytest.raises(CheckpointNotFoundError, match="last.ckpt"):
-        resolve_ckpt_path(last, tmp_path / "elsewhere")
+        resolve_checkpoint_path(None, "last", tmp_path / "elsewhere")

@@ -75,7 +75,10 @@ def test_eval_reads_network_from_checkpoint(first_run, tmp_path):
     _, run_dir, _ = first_run
     run_cli("diffusion_seg.eval", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", log_dir=tmp_path)
     metrics = yaml.safe_load(next((tmp_path / "eval" / "runs").glob("*/metrics.yaml")).read_text())
-    assert 0.0 <= metrics["val/mIoU"] <= 1.0
+    # last.ckpt holds the weights the run validated last: eval must reproduce its numbers
+    logged = [r for r in read_metrics(run_dir) if r.get("val/mIoU")][-1]
+    for key in ("val/mIoU", "val/mAcc", "val/aAcc"):
+        assert metrics[key] == pytest.approx(float(logged[key]), abs=1e-6), key
 
 
 def test_multirun_gives_each_job_its_own_dir_and_wandb_run(tmp_path):
@@ -96,6 +99,18 @@ def test_multirun_gives_each_job_its_own_dir_and_wandb_run(tmp_path):
     assert len(ids) == 2  # one W&B run per job
 
 
+def test_ddp_spawn_keeps_the_two_learning_rate_groups(tmp_path):
+    """ddp_spawn pickles the module into each process: the backbone must still train at
+    optimizer.lr and the new layers at optimizer.lr × task.new_lr_mult (LearningRateMonitor)."""
+    run_cli("diffusion_seg.train", *FAST_TRAIN, "model=pdn", "model.hidden=8", "model.layers=1",
+            "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "test_after_training=false",
+            "optimizer.lr=0.01", "task.new_lr_mult=10", log_dir=tmp_path)
+    rows = read_metrics(run_dirs(tmp_path)[0])
+    first = next(r for r in rows if r.get("lr-SGD/backbone"))
+    assert float(first["lr-SGD/backbone"]) == pytest.approx(0.01)
+    assert float(first["lr-SGD/new"]) == pytest.approx(0.1)
+
+
 def test_ddp_on_two_cpu_processes(tmp_path):
     proc = run_cli("diffusion_seg.train", *FAST_TRAIN, "trainer=ddp_cpu", "test_after_training=false",
                    log_dir=tmp_path)
@@ -109,4 +124,14 @@ def test_config_errors_are_one_clear_line(tmp_path):
     assert "error: backbone.output_stride=12 is not supported; allowed values: [8, 16, 32]" in proc.stderr
     assert "Traceback" not in proc.stderr
     proc = run_cli("diffusion_seg.eval", f"ckpt_path={tmp_path}/none.ckpt", log_dir=tmp_path, check=False)
-    assert proc.returncode != 0 and "no checkpoint at" in proc.stderr
+    assert proc.returncode == 2 and f"error: no checkpoint at {tmp_path}/none.ckpt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("diffusion_seg.train", "dataset.dataset.root=/data", log_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: dataset.dataset.root was renamed: use dataset.root (every dataset option is one "
+        "key under dataset., the LightningModule's under task.; see conf/)"
+    )
+    proc = run_cli("diffusion_seg.train", "dataset=voc_aug", f"dataset.root={tmp_path}/novoc",
+                   log_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and f"error: VOC aug: {tmp_path}/novoc/VOCdevkit" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -4,17 +4,18 @@ problem; `python -m diffusion_seg.bench data` prints its table."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from diffusion_seg.bench import data as bench_data
-from diffusion_seg.data import fixtures
+from diffusion_seg import testing as fixtures
 from diffusion_seg.data.base import save_label_png
-from diffusion_seg.data.check import main
+from diffusion_seg.cli.check import main
 
 
 def test_check_clean_tree(tmp_path, capsys):
     written = fixtures.make_person_part(tmp_path, counts={"train": 3, "val": 2})
-    code = main(["dataset=person_part", f"dataset.dataset.root={tmp_path}", "workers=2"])
+    code = main(["dataset=person_part", f"dataset.root={tmp_path}", "workers=2"])
     out = capsys.readouterr().out
     assert code == 0 and "no problems found" in out
     assert "## split train: 3 samples" in out and "## split val: 2 samples" in out
@@ -36,7 +37,7 @@ def test_check_lists_every_problem(tmp_path, capsys):
     label = np.zeros((h, w), np.uint8)
     label[0, 0] = 77
     save_label_png(base / "SegmentationClassAug" / f"{ids[2]}.png", label)
-    code = main(["dataset=voc_aug", f"dataset.dataset.root={tmp_path}", "splits=[trainaug,val,test]"])
+    code = main(["dataset=voc_aug", f"dataset.root={tmp_path}", "splits=[trainaug,val,test]"])
     out = capsys.readouterr().out
     assert code == 1 and "4 problem(s) found" in out
     assert f"missing file {base / 'SegmentationClassAug' / ids[1]}.png" in out
@@ -46,9 +47,14 @@ def test_check_lists_every_problem(tmp_path, capsys):
     assert "ImageSets/Segmentation/test.txt does not exist" in out
 
 
-def test_check_bad_dataset_name(capsys):
-    assert main(["dataset=nosuch"]) == 2
-    assert "nosuch" in capsys.readouterr().err
+def test_check_bad_dataset_name_and_renamed_key(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dataset=nosuch"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: In 'check': Could not find 'dataset/nosuch'")
+    with pytest.raises(SystemExit):
+        main(["dataset=voc_aug", "dataset.dataset.root=/data/voc"])
+    assert "error: dataset.dataset.root was renamed: use dataset.root" in capsys.readouterr().err
 
 
 def test_bench_data_prints_a_row_per_dataset(capsys):

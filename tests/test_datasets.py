@@ -14,24 +14,21 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from diffusion_seg.config import ConfigError, instantiate_node
-from diffusion_seg.data import fixtures
+from diffusion_seg import testing as fixtures
 from diffusion_seg.data.base import BadSampleError, DatasetNotFoundError, save_label_png
-from diffusion_seg.data.callbacks import BadSampleReport
-from diffusion_seg.data.check import compose_config
-from diffusion_seg.data.datasets import (
-    ADE20K,
-    CONTEXT_CLASSES,
-    PERSON_PART_CLASSES,
-    VOC_CLASSES,
-    FolderDataset,
-    PascalContext,
-    PersonPart,
-    VOCAug,
-)
+from diffusion_seg.lightning.callbacks import BadSampleReport
+from diffusion_seg.config import compose_config
+from diffusion_seg.data.ade20k import ADE20K
+from diffusion_seg.data.folder import FolderDataset
+from diffusion_seg.data.pascal_context import CONTEXT_CLASSES, PascalContext
+from diffusion_seg.data.person_part import PERSON_PART_CLASSES, PersonPart
+from diffusion_seg.data.voc import VOC_CLASSES, VOCAug
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.heads import FCNHead
 from diffusion_seg.models.segmentor import Segmentor
-from diffusion_seg.module import SegmentationModule
+
+from .conftest import fit_one_step
+from diffusion_seg.lightning.task import SegmentationTask
 
 # config name → (tree builder, classes, raw label → train id)
 ADE_MAP = np.r_[255, np.arange(150), np.full(105, 1000)]
@@ -48,13 +45,13 @@ FAST = ["dataset.num_workers=0", "dataset.crop_size=32", "dataset.batch_size=2",
 
 
 def datamodule(name: str, root, *extra: str):
-    cfg = compose_config([f"dataset={name}", f"dataset.dataset.root={root}", *FAST, *extra])
+    cfg = compose_config([f"dataset={name}", f"dataset.root={root}", *FAST, *extra])
     return instantiate(cfg.dataset)
 
 
 def tiny_module(class_names):
     net = Segmentor(TimmBackbone("test_resnet"), partial(FCNHead, channels=8), len(class_names))
-    return SegmentationModule(net, class_names, optimizer=partial(torch.optim.SGD, lr=0.01))
+    return SegmentationTask(net, class_names, optimizer=partial(torch.optim.SGD, lr=0.01))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -95,7 +92,7 @@ def test_class_lists_are_the_benchmarks():
     assert CONTEXT_CLASSES[1] == "aeroplane" and CONTEXT_CLASSES[59] == "wood"
     assert PERSON_PART_CLASSES == ("background", "head", "torso", "upper arms", "lower arms",
                                    "upper legs", "lower legs")
-    from diffusion_seg.data.datasets import ADE20K_CLASSES
+    from diffusion_seg.data.ade20k import ADE20K_CLASSES
 
     assert len(ADE20K_CLASSES) == len(set(ADE20K_CLASSES)) == 150
     assert ADE20K_CLASSES[:3] == ("wall", "building", "sky") and ADE20K_CLASSES[-1] == "flag"
@@ -134,7 +131,7 @@ def test_missing_split_list_names_the_list(tmp_path):
 
 
 def test_missing_root_through_hydra_names_the_path(tmp_path):
-    cfg = compose_config(["dataset=pascal_context", f"dataset.dataset.root={tmp_path}", *FAST])
+    cfg = compose_config(["dataset=pascal_context", f"dataset.root={tmp_path}", *FAST])
     with pytest.raises(ConfigError, match="VOC2010/JPEGImages does not exist") as err:
         instantiate_node(cfg, "dataset")
     assert "prepare pascal_context" in str(err.value)
@@ -146,7 +143,7 @@ def test_unknown_split_and_option_values_name_the_key(tmp_path):
         ADE20K(tmp_path, "test")
     with pytest.raises(ValueError, match=r"on_bad_sample='ignore' is invalid; allowed: error, skip"):
         ADE20K(tmp_path, "val", on_bad_sample="ignore")
-    with pytest.raises(ValueError, match=r"dataset\.dataset\.classes=21 is invalid; allowed: 60"):
+    with pytest.raises(ValueError, match=r"dataset\.classes=21 is invalid; allowed: 60"):
         PascalContext(tmp_path, "train", classes=21)
 
 
@@ -254,10 +251,10 @@ def test_skip_replaces_bad_sample_and_says_which(voc):
 
 def test_skip_report_survives_dataloader_workers(voc, tmp_path):
     """Bad files met in worker processes reach the main process's end-of-epoch report,
-    while a real SegmentationModule trains on the rest."""
+    while a real SegmentationTask trains on the rest."""
     root, base, ids = voc
     _image(base, ids[1]).write_bytes(b"garbage")
-    dm = datamodule("voc_aug", root, "dataset.dataset.on_bad_sample=skip", "dataset.num_workers=2",
+    dm = datamodule("voc_aug", root, "dataset.on_bad_sample=skip", "dataset.num_workers=2",
                     "dataset.batch_size=1")
     report = BadSampleReport()
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, callbacks=[report],
@@ -299,6 +296,33 @@ def test_folder_with_split_lists_and_colour_masks(tmp_path):
         train.load(0)
 
 
+def test_folder_with_one_folder_per_split(tmp_path):
+    """images/<split>/ + masks/<split>/, as exported and mmsegmentation custom datasets are."""
+    written = fixtures.make_folder(tmp_path, splits={"train": 3, "val": 2, "test": 1}, per_split=True)
+    names = list(written)
+    for split, expected in (("train", names[:3]), ("val", names[3:5]), ("test", names[5:])):
+        dataset = FolderDataset(tmp_path, split)
+        assert sorted(p.stem for p, _ in dataset.samples) == expected
+        assert all(p.parent.name == split and m.parent.name == split for p, m in dataset.samples)
+        for i, (image_path, _) in enumerate(dataset.samples):
+            np.testing.assert_array_equal(dataset.load(i)[1], written[image_path.stem])
+    with pytest.raises(DatasetNotFoundError, match=r"one folder per split: test, train, val.*images/extra does not exist"):
+        FolderDataset(tmp_path, "extra")
+    (tmp_path / "masks" / "test" / "img_005.png").unlink()
+    with pytest.raises(BadSampleError, match=r"missing:\n  .*masks/test/img_005.png"):
+        FolderDataset(tmp_path, "test")
+
+
+def test_folder_per_split_layout_trains_through_the_config(tmp_path):
+    fixtures.make_folder(tmp_path / "data", splits={"train": 4, "val": 2}, per_split=True, size=(48, 40))
+    cfg, net, trainer, _ = fit_one_step(
+        ["backbone=tiny", "model=fcn", "dataset=folder", f"dataset.root={tmp_path / 'data'}", *FAST],
+        tmp_path,
+    )
+    assert trainer.global_step == 1 and net.num_classes == 3
+    assert len(trainer.datamodule._sets["train"]) == 4 and len(trainer.datamodule.val_set) == 2
+
+
 def test_folder_without_splits_holds_out_a_stable_val_fraction(tmp_path):
     written = fixtures.make_folder(tmp_path, n=20)
     train = {p.stem for p, _ in FolderDataset(tmp_path, "train", val_fraction=0.2).samples}
@@ -311,7 +335,7 @@ def test_folder_without_splits_holds_out_a_stable_val_fraction(tmp_path):
 def test_folder_classes_and_reduce_zero_label(tmp_path):
     written = fixtures.make_folder(tmp_path, n=2)
     (tmp_path / "classes.txt").unlink()
-    with pytest.raises(ValueError, match=r"no classes file .*classes\.txt and dataset\.dataset\.num_classes"):
+    with pytest.raises(ValueError, match=r"no classes file .*classes\.txt and dataset\.num_classes"):
         FolderDataset(tmp_path, "all")
     ds = FolderDataset(tmp_path, "all", num_classes=3, reduce_zero_label=True)
     assert ds.class_names == ["class_0", "class_1", "class_2"]

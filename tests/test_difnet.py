@@ -29,9 +29,9 @@ K = 5  # classes
 RTOL, ATOL = 1e-4, 1e-5
 
 
-def make_net(**options) -> Segmentor:
+def make_net(num_classes: int = K, **options) -> Segmentor:
     torch.manual_seed(0)
-    return Segmentor(TimmBackbone("test_resnet"), functools.partial(DifNetHead, **options), K)
+    return Segmentor(TimmBackbone("test_resnet"), functools.partial(DifNetHead, **options), num_classes)
 
 
 @pytest.fixture(scope="module")
@@ -170,11 +170,15 @@ def test_whole_head_trains_through_flash(image: torch.Tensor) -> None:
 
 
 def test_transition_rows_match_the_dense_matrix() -> None:
-    psi = torch.randn(2, 30, 8)
+    psi = torch.randn(2, 30, 8, dtype=torch.float64)
     index = torch.tensor([0, 7, 29])
     rows = transition_rows(psi, index)
-    torch.testing.assert_close(rows, transition_rows(psi)[:, index])
-    torch.testing.assert_close(rows.sum(-1), torch.ones(2, 3))
+    # Independently: P_ij = exp(ψ_i·ψ_j) / Σ_k exp(ψ_i·ψ_k), entry by entry (Sec. 4).
+    for b in range(2):
+        for m, i in enumerate(index.tolist()):
+            logits = torch.tensor([float(psi[b, i] @ psi[b, j]) for j in range(30)], dtype=torch.float64)
+            expected = logits.exp() / logits.exp().sum()
+            torch.testing.assert_close(rows[b, m], expected)
 
 
 # ----------------------------------------------------------------- shapes and ablations
@@ -206,6 +210,20 @@ def test_published_defaults(image: torch.Tensor) -> None:
     m = out.extras["importance"]
     assert m.shape == (2, 1, 6, 6) and ((m > 0) & (m < 1)).all()
     torch.testing.assert_close(out.extras["seed"], m * out.extras["score"])
+
+
+def test_seed_classifier_inits() -> None:
+    """``published``: He fan-out std sqrt(2 / (k·k·K)) (the code's ResNet init loop re-draws
+    the classifier); ``normal``: N(0, 0.01), zero bias. Measured on 4 branches × K × C × 9."""
+    k = 21
+    published = make_net(num_classes=k).head.classifier
+    weights = torch.cat([b.weight.flatten() for b in published.branches])
+    assert weights.std().item() == pytest.approx((2 / (9 * k)) ** 0.5, rel=0.05)
+    assert all(b.bias.abs().max() > 0 for b in published.branches)  # PyTorch's default bias
+    normal = make_net(num_classes=k, seed_init="normal").head.classifier
+    weights = torch.cat([b.weight.flatten() for b in normal.branches])
+    assert weights.std().item() == pytest.approx(0.01, rel=0.05)
+    assert all(b.bias.abs().max() == 0 for b in normal.branches)
 
 
 def test_ablations(image: torch.Tensor) -> None:
@@ -257,6 +275,7 @@ def test_other_similarity_backbones(option, image: torch.Tensor) -> None:
         ({"diffusion": "sparse"}, "model.diffusion"),
         ({"similarity_backbone": 3}, "model.similarity_backbone"),
         ({"psi_channels": 0}, "model.psi_channels"),
+        ({"seed_init": "xavier"}, "model.seed_init"),
     ],
 )
 def test_invalid_options_name_the_key(options: dict, key: str) -> None:

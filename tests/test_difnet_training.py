@@ -1,4 +1,4 @@
-"""DifNet through the real training stack: config → builders → SegmentationModule → one
+"""DifNet through the real training stack: config → builders → SegmentationTask → one
 optimiser step → checkpoint → visualisation of that checkpoint; and the paper rows compose."""
 
 from __future__ import annotations
@@ -77,16 +77,16 @@ def test_paper_rows_compose_with_the_published_recipe(name: str, tmp_path: Path)
     head, backbone, dataset, aspp = PAPER_ROWS[name]
     assert cfg.model._target_.endswith(head) and cfg.backbone.name == backbone
     assert cfg.backbone.output_stride == 8 and cfg.backbone.pretrained
-    assert cfg.dataset.dataset._target_.endswith(dataset)
+    assert cfg.dataset.dataset_class.endswith(dataset)
     if dataset == "PascalContext":
-        assert cfg.dataset.dataset.classes == 60  # 59 classes + background (paper Sec. 5.1)
+        assert cfg.dataset.classes == 60  # 59 classes + background (paper Sec. 5.1)
     if aspp is not None:
         assert cfg.model.aspp is aspp and cfg.model.walks == 5 and cfg.model.diffusion == "attention"
     # published code: one lr 2.5e-3 for all parameters, SGD 0.9, wd 5e-4, poly 0.9
     assert cfg.optimizer._target_ == "torch.optim.SGD"
-    assert (cfg.optimizer.lr, cfg.new_lr_mult) == (2.5e-3, 1.0)
+    assert (cfg.optimizer.lr, cfg.task.new_lr_mult) == (2.5e-3, 1.0)
     assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 5e-4)
-    assert cfg.scheduler.power == 0.9
+    assert cfg.task.scheduler.power == 0.9 and cfg.backbone.dilation_pattern == "deeplab"
     assert (cfg.dataset.batch_size, cfg.dataset.crop_size) == (16, 321)
     assert list(cfg.dataset.scale_range) == [0.5, 1.4] and cfg.dataset.hflip
     assert cfg.trainer.max_epochs == 200 and cfg.trainer.devices == 1

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from diffusion_seg.inference import predict
+from diffusion_seg.models.inference import predict
 from diffusion_seg.metrics import SegmentationMetrics, format_table
 
 

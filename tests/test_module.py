@@ -7,7 +7,8 @@ import torch
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.heads import FCNHead, SegmentationHead, SegmentationOutput
 from diffusion_seg.models.segmentor import Segmentor
-from diffusion_seg.module import SegmentationModule, cross_entropy
+from diffusion_seg.lightning.task import SegmentationTask
+from diffusion_seg.models.losses import cross_entropy
 
 
 class TwoOutputHead(SegmentationHead):
@@ -27,7 +28,7 @@ class TwoOutputHead(SegmentationHead):
 
 def make_module(**kwargs):
     net = Segmentor(TimmBackbone("test_resnet"), TwoOutputHead, num_classes=3)
-    return SegmentationModule(
+    return SegmentationTask(
         net, ["a", "b", "c"],
         optimizer=partial(torch.optim.SGD, lr=0.01, momentum=0.9, weight_decay=5e-4),
         scheduler=partial(torch.optim.lr_scheduler.PolynomialLR, power=0.9),
@@ -92,4 +93,4 @@ def test_validation_accumulates_confusion_matrix():
     with torch.no_grad():
         module.log = lambda *a, **k: None
         module.validation_step(b, 0)
-    assert module.val_metrics.confmat.sum() == 2 * 32 * 32
+    assert module.metrics['val'].confmat.sum() == 2 * 32 * 32

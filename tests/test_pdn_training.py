@@ -1,4 +1,4 @@
-"""PDN through the real training stack (config → builders → SegmentationModule → one
+"""PDN through the real training stack (config → builders → SegmentationTask → one
 optimiser step, intermediate supervision logged), and the paper rows compose as described."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_one_training_step_with_intermediate_supervision(tmp_path: Path) -> None
     groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
     new = {id(p) for p in groups["new"]["params"]}
     assert {id(p) for p in net.head.pdn.parameters()} <= new
-    assert groups["new"]["lr"] == pytest.approx(groups["backbone"]["lr"] * cfg.new_lr_mult)
+    assert groups["new"]["lr"] == pytest.approx(groups["backbone"]["lr"] * cfg.task.new_lr_mult)
 
     after = net.state_dict()
     for name in ("head.pdn.0.layers.0.taps", "head.pdn.1.layers.1.taps",
@@ -76,11 +76,12 @@ def test_paper_rows_compose_with_the_papers_hyperparameters(name: str) -> None:
     assert list(cfg.model.insert_at) == points
     assert (cfg.model.hidden, cfg.model.conv, cfg.model.classifier) == (256, "channelwise", "aspp")
     assert cfg.backbone.name == "resnet101" and cfg.backbone.output_stride == 8
-    assert cfg.dataset.dataset._target_.endswith(f".{dataset}")
+    assert cfg.backbone.dilation_pattern == "deeplab"  # DeepLab-v2: every block dilated
+    assert cfg.dataset.dataset_class.endswith(f".{dataset}")
     assert cfg.dataset.crop_size == 321
     # lr 2.5e-4 pretrained / 2.5e-3 new, SGD 0.9, weight decay 5e-4, 200k iterations
     assert cfg.optimizer._target_ == "torch.optim.SGD"
-    assert cfg.optimizer.lr * cfg.new_lr_mult == pytest.approx(2.5e-3)
+    assert cfg.optimizer.lr * cfg.task.new_lr_mult == pytest.approx(2.5e-3)
     assert cfg.optimizer.lr == pytest.approx(2.5e-4)
     assert (cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.9, 5e-4)
     assert (cfg.trainer.max_steps, cfg.trainer.max_epochs) == (200_000, -1)
@@ -93,3 +94,38 @@ def test_paper_rows_compose_with_the_papers_hyperparameters(name: str) -> None:
     header = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
     assert (number or "not in the paper") in header
     assert OmegaConf.select(cfg, "task_name") == name
+
+
+def test_per_layer_classifiers_are_evaluable(tmp_path: Path) -> None:
+    """task.eval_aux=true (PDN Table 2: the module output per number of layers): each layer's
+    classifier gets val metrics equal to scoring its own upsampled argmax by hand."""
+    import lightning as L
+
+    from diffusion_seg.builders import build_backbone, build_datamodule, build_segmentor, build_task
+    from diffusion_seg.metrics import SegmentationMetrics
+    from diffusion_seg.models.inference import resize_logits
+
+    cfg = compose_config([*OVERRIDES, "task.eval_aux=true"], output_dir=tmp_path)
+    backbone = build_backbone(cfg)
+    datamodule = build_datamodule(cfg, backbone)
+    net = build_segmentor(cfg, datamodule.num_classes, backbone=backbone)
+    task = build_task(cfg, net, datamodule.class_names, train=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    results = trainer.validate(task, datamodule=datamodule)[0]
+    names = [f"pdn{m}_layer{t}" for m in (1, 2) for t in (1, 2)]
+    assert {f"val/aux/{n}/mIoU" for n in names} <= set(results)
+
+    by_hand = {n: SegmentationMetrics(datamodule.num_classes) for n in names}
+    plain = SegmentationMetrics(datamodule.num_classes)
+    net.eval()
+    with torch.no_grad():
+        for batch in datamodule.val_dataloader():
+            out = net(batch["image"])
+            size = batch["mask"].shape[-2:]
+            plain.update(resize_logits(out.logits, size).argmax(1), batch["mask"])
+            for n in names:
+                by_hand[n].update(resize_logits(out.aux[n], size).argmax(1), batch["mask"])
+    for n in names:
+        assert results[f"val/aux/{n}/mIoU"] == pytest.approx(float(by_hand[n].compute()["mIoU"]), abs=1e-6)
+    assert results["val/mIoU"] == pytest.approx(float(plain.compute()["mIoU"]), abs=1e-6)

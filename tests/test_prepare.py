@@ -11,15 +11,25 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from diffusion_seg.data import fixtures
+from diffusion_seg import testing as fixtures
 from diffusion_seg.data.base import read_mask, read_split_list, save_label_png
-from diffusion_seg.data.datasets import ADE20K, PascalContext, PersonPart, VOCAug
-from diffusion_seg.data.prepare import main, rle_counts_from_string, rle_decode
+from diffusion_seg.cli.prepare import main
+from diffusion_seg.data.ade20k import ADE20K
+from diffusion_seg.data.convert import rle_decode
+from diffusion_seg.data.pascal_context import PascalContext
+from diffusion_seg.data.person_part import PersonPart
+from diffusion_seg.data.voc import VOCAug
 
 
 def run(capsys, *args: str) -> tuple[int, str]:
-    code = main([*args, "--workers", "1"])
-    return code, capsys.readouterr().err
+    """Exit status and stderr of the command: 0, or 2 with one ``error:`` message."""
+    try:
+        code = main([*args, "--workers", "1"])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 0 or err.startswith("error: "), err
+    return code, err
 
 
 # ---------------------------------------------------------------------------------------
@@ -49,7 +59,7 @@ def test_voc_aug_converts_sbd_mats_and_builds_trainaug(tmp_path, capsys):
 def test_voc_aug_refuses_a_partial_tree_without_the_flag(tmp_path, capsys):
     release = fixtures.make_voc2012_sbd_release(tmp_path)
     code, err = run(capsys, "voc_aug", "--voc", str(release["voc"]), "--sbd", str(release["sbd"]))
-    assert code == 1
+    assert code == 2
     assert "has 8 ids; the full release gives 10,582" in err and "--allow-partial" in err
     assert not (release["voc"] / "ImageSets/Segmentation/trainaug.txt").exists()
 
@@ -62,10 +72,10 @@ def test_voc_aug_names_bad_and_missing_labels(tmp_path, capsys):
     label[2, 3] = 33
     savemat(str(sbd / "cls" / f"{bad}.mat"), {"GTcls": {"Segmentation": label}})
     code, err = run(capsys, "voc_aug", "--voc", str(voc), "--sbd", str(sbd), "--allow-partial")
-    assert code == 1 and f"{bad}.mat: label values [33] outside 0..20 and 255" in err
+    assert code == 2 and f"{bad}.mat: label values [33] outside 0..20 and 255" in err
     (sbd / "cls" / f"{bad}.mat").write_bytes(b"MATLAB 5.0 garbage")
     code, err = run(capsys, "voc_aug", "--voc", str(voc), "--sbd", str(sbd), "--allow-partial")
-    assert code == 1 and f"{bad}.mat: cannot read GTcls.Segmentation" in err
+    assert code == 2 and f"{bad}.mat: cannot read GTcls.Segmentation" in err
     (sbd / "cls" / f"{bad}.mat").unlink()
     # Missing files are not corrupt ones: without the flag they fail, with it they drop.
     code, err = run(capsys, "voc_aug", "--voc", str(voc), "--sbd", str(sbd), "--allow-partial")
@@ -78,15 +88,16 @@ def test_voc_aug_names_bad_and_missing_labels(tmp_path, capsys):
 
 
 def test_rle_decoding_matches_coco_strings():
-    # Hand-encoded with maskApi.c's rules: 100 → 'T3' (4|0x20 + 48, 3 + 48); the fourth
-    # count is stored as 90 - 100 = -10 → 'F' (22 + 48: five bits, sign bit 0x10 set).
-    assert rle_counts_from_string("5T33F") == [5, 100, 3, 90]
-    mask = rle_decode({"size": [2, 3], "counts": [1, 2, 3]})  # column-major runs
+    # Hand-encoded with maskApi.c's rules: runs 5, 100, 3, 90 → "5T33F" (100 → 'T3'; the
+    # fourth count is stored as 90 - 100 = -10 → 'F'): column-major, zeros first.
+    runs = rle_decode({"size": [2, 99], "counts": "5T33F"}).T.ravel()
+    np.testing.assert_array_equal(runs, np.repeat([0, 1, 0, 1], [5, 100, 3, 90]))
+    mask = rle_decode({"size": [2, 3], "counts": [1, 2, 3]})  # uncompressed runs
     np.testing.assert_array_equal(mask, [[0, 1, 0], [1, 0, 0]])
     rng = np.random.default_rng(0)
     for _ in range(50):
         m = rng.random(tuple(rng.integers(1, 30, 2))) < rng.random()
-        np.testing.assert_array_equal(rle_decode(fixtures.rle_encode(m)), m)
+        np.testing.assert_array_equal(rle_decode(fixtures.rle_encode(m)), m)  # pycocotools
     with pytest.raises(ValueError, match="sum to 5, not 2×3"):
         rle_decode({"size": [2, 3], "counts": [2, 3]})
 
@@ -113,17 +124,17 @@ def test_pascal_context_checks_sizes_schema_and_counts(tmp_path, capsys):
     release = fixtures.make_context_release(tmp_path)
     voc, json_path = release["voc"], release["json"]
     code, err = run(capsys, "pascal_context", "--voc", str(voc), "--json", str(json_path))
-    assert code == 1 and "Pascal Context train has 3 ids; the full release gives 4,998" in err
+    assert code == 2 and "Pascal Context train has 3 ids; the full release gives 4,998" in err
     data = json.loads(json_path.read_text())
     first = release["ids"][0]
     data["images"][0]["height"] += 1
     json_path.write_text(json.dumps(data))
     code, err = run(capsys, "pascal_context", "--voc", str(voc), "--json", str(json_path),
                     "--allow-partial")
-    assert code == 1 and f"{first}.jpg: segmentation is" in err and "but the image is" in err
+    assert code == 2 and f"{first}.jpg: segmentation is" in err and "but the image is" in err
     json_path.write_text(json.dumps({"images": []}))
     code, err = run(capsys, "pascal_context", "--voc", str(voc), "--json", str(json_path))
-    assert code == 1 and "not a PASCAL in Detail annotation file" in err
+    assert code == 2 and "not a PASCAL in Detail annotation file" in err
 
 
 # ---------------------------------------------------------------------------------------
@@ -155,7 +166,7 @@ def test_person_part_names_bad_labels(tmp_path, capsys):
     save_label_png(release["release"] / "pascal_person_part_gt" / f"{bad}.png", label)
     code, err = run(capsys, "person_part", "--release", str(release["release"]), "--voc",
                     str(release["voc"]), "--out", str(tmp_path / "out"), "--allow-partial")
-    assert code == 1 and f"{bad}.png: label values [9] outside 0..6 and 255" in err
+    assert code == 2 and f"{bad}.png: label values [9] outside 0..6 and 255" in err
 
 
 def test_ade20k_unpacks_and_checks_the_zip(tmp_path, capsys):
@@ -166,7 +177,7 @@ def test_ade20k_unpacks_and_checks_the_zip(tmp_path, capsys):
             archive.write(path, path.relative_to(tmp_path / "src"))
     out = tmp_path / "ade20k"
     code, err = run(capsys, "ade20k", "--zip", str(zip_path), "--out", str(out))
-    assert code == 1 and "ADE20K train has 2 ids; the full release gives 20,210" in err
+    assert code == 2 and "ADE20K train has 2 ids; the full release gives 20,210" in err
     shutil.rmtree(out)
     code, err = run(capsys, "ade20k", "--zip", str(zip_path), "--out", str(out), "--allow-partial")
     assert code == 0, err

@@ -5,12 +5,12 @@ from diffusion_seg.data.synthetic import CLASS_NAMES, SCENE_COLOURS, SyntheticCo
 
 
 def test_deterministic_per_seed_split_and_index():
-    a = SyntheticContextDataset("train", length=4, seed=3)
-    b = SyntheticContextDataset("train", length=4, seed=3)
+    a = SyntheticContextDataset("train", length=4, sample_seed=3)
+    b = SyntheticContextDataset("train", length=4, sample_seed=3)
     for i in range(4):
         assert all(np.array_equal(x, y) for x, y in zip(a.generate(i), b.generate(i)))
-    other_seed = SyntheticContextDataset("train", length=4, seed=4).generate(0)
-    other_split = SyntheticContextDataset("val", length=4, seed=3).generate(0)
+    other_seed = SyntheticContextDataset("train", length=4, sample_seed=4).generate(0)
+    other_split = SyntheticContextDataset("val", length=4, sample_seed=3).generate(0)
     assert not np.array_equal(a.generate(0)[0], other_seed[0])
     assert not np.array_equal(a.generate(0)[0], other_split[0])
 

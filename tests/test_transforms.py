@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from diffusion_seg.data.base import apply_transform
-from diffusion_seg.data.datamodule import seed_worker
+from diffusion_seg.lightning.datamodule import seed_worker
 from diffusion_seg.data.transforms import build_eval_transform, build_train_transform
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -14,14 +14,8 @@ from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.difnet import DifNetHead
 from diffusion_seg.models.heads import DeepLabV2Head
 from diffusion_seg.models.segmentor import Segmentor
-from diffusion_seg.visualize import (
-    colorize_scalar,
-    generate_palette,
-    grid_cells,
-    load_image,
-    main,
-    visualize,
-)
+from diffusion_seg.cli.visualize import colorize_scalar, grid_cells, load_image, main, visualize
+from diffusion_seg.data.base import voc_colormap
 
 
 def tiny_difnet(walks: int = 3) -> Segmentor:
@@ -67,7 +61,7 @@ def test_visualize_rejects_other_heads(tmp_path: Path) -> None:
 
 
 def test_helpers(tmp_path: Path) -> None:
-    palette = generate_palette(21)
+    palette = voc_colormap(21)
     assert palette.shape == (21, 3) and len({tuple(c) for c in palette}) == 21
     assert palette[1].tolist() == [128, 0, 0] and palette[15].tolist() == [192, 128, 128]  # VOC
     rgb = colorize_scalar(np.array([[0.0, 1.0], [2.0, 3.0]]))
@@ -81,6 +75,8 @@ def test_helpers(tmp_path: Path) -> None:
     assert x.shape == (3, 4, 6) and torch.allclose(x, torch.ones_like(x))
 
 
-def test_main_needs_a_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+def test_main_needs_a_checkpoint(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
         main(["--ckpt", str(tmp_path / "none.ckpt"), "--image", "x.png", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: no checkpoint at {tmp_path / 'none.ckpt'}")

@@ -21,12 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cv2
-from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from diffusion_seg.data import fixtures
-from diffusion_seg.data.check import compose_config
+from diffusion_seg import testing as fixtures
+from diffusion_seg.config import compose_config
 from diffusion_seg.data.transforms import build_train_transform
+from diffusion_seg.lightning.datamodule import dataset_factory_from_config
 
 # dataset config → (tree builder, split, typical image W×H of the real release)
 TREES: dict[str, tuple[Callable, str, tuple[int, int]]] = {
@@ -46,12 +47,13 @@ def build(name: str, root: Path, samples: int):
         fixtures.make_folder(root, n=samples, size=size)
     else:
         builder(root, counts={split: samples}, size=size, jitter=False)
-    cfg = compose_config([f"dataset={name}", f"dataset.dataset.root={root}"]).dataset
+    cfg = compose_config([f"dataset={name}", f"dataset.root={root}"]).dataset
     transform = build_train_transform(
         cfg.crop_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), tuple(cfg.scale_range),
         cfg.hflip, cfg.photometric,
     )
-    return instantiate(cfg.dataset)(split=split, transform=transform), cfg, size
+    factory = dataset_factory_from_config(OmegaConf.to_container(cfg, resolve=True))
+    return factory(split=split, transform=transform), cfg, size
 
 
 def time_worker(dataset, repeats: int) -> tuple[float, float]:

@@ -88,7 +88,7 @@ def _train_case(spec: dict[str, Any]) -> dict[str, Any]:
     from diffusion_seg.models.backbone import TimmBackbone
     from diffusion_seg.models.difnet import DifNetHead
     from diffusion_seg.models.segmentor import Segmentor
-    from diffusion_seg.module import cross_entropy
+    from diffusion_seg.models.losses import cross_entropy
 
     torch.manual_seed(0)
     device, size = spec["device"], spec["size"]

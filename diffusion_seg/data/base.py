@@ -15,7 +15,7 @@ are dropped (with a warning), and a sample that fails to load is replaced by the
 loadable one. Every sample then carries ``"skipped"``: the newline-joined messages of the
 bad files met while producing it (``""`` when none). The string travels with the batch
 from the DataLoader worker that found the problem to the main process, where
-:class:`diffusion_seg.data.callbacks.BadSampleReport` counts and reports them at the end of
+:class:`diffusion_seg.lightning.callbacks.BadSampleReport` counts and reports them at the end of
 the epoch (a counter in the dataset object would die with the worker process).
 """
 
@@ -33,21 +33,16 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from diffusion_seg.data.transforms import IGNORE_INDEX
+from diffusion_seg.errors import BadSampleError, ConfigError, DatasetNotFoundError
 
 Transform = Callable[..., dict[str, Any]]
+# The converters' command, named in every "dataset not found" message.
+PREPARE = "python -m diffusion_seg.prepare"
 log = logging.getLogger(__name__)
 
 BAD_SAMPLE_POLICIES = ("error", "skip")
 # A run of this many unreadable samples in a row means the tree is broken, not noisy.
 MAX_CONSECUTIVE_SKIPS = 32
-
-
-class BadSampleError(ValueError):
-    """A sample that cannot be used as it is; the message names the file and the problem."""
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset root, split list or directory is missing; the message says how to fix it."""
 
 
 def voc_colormap(n: int = 256) -> np.ndarray:
@@ -123,7 +118,7 @@ def dataset_not_found(
 ) -> DatasetNotFoundError:
     """The one message for a missing dataset piece: what is missing, what should be there,
     and how to get it there."""
-    where = "dataset.dataset.root=<dir>" + (f" or the environment variable {env}" if env else "")
+    where = "dataset.root=<dir>" + (f" or the environment variable {env}" if env else "")
     return DatasetNotFoundError(
         f"{name}: {missing} does not exist.\n"
         f"Expected layout under the dataset root {root}:\n{layout.rstrip()}\n"
@@ -141,6 +136,33 @@ def read_split_list(path: Path) -> list[str]:
         if line:
             ids.append(Path(line.split()[0]).stem if "/" in line or " " in line else line)
     return ids
+
+
+def check_dir(
+    name: str, path: Path, root: Path, layout: str, prepare: str, env: str | None
+) -> None:
+    """Raise the dataset-not-found message unless ``path`` is a directory."""
+    if not path.is_dir():
+        raise dataset_not_found(name, path, root, layout, prepare, env)
+
+
+def listed_pairs(
+    name: str,
+    root: Path,
+    list_path: Path,
+    image_dir: Path,
+    mask_dir: Path,
+    layout: str,
+    prepare: str,
+    env: str,
+) -> list[tuple[Path, Path]]:
+    """``(image_dir/<id>.jpg, mask_dir/<id>.png)`` for every id of a split list, after
+    checking that the directories and the list exist (one message naming what is missing)."""
+    for path in (image_dir, mask_dir):
+        check_dir(name, path, root, layout, prepare, env)
+    if not list_path.is_file():
+        raise dataset_not_found(name, list_path, root, layout, prepare, env)
+    return [(image_dir / f"{i}.jpg", mask_dir / f"{i}.png") for i in read_split_list(list_path)]
 
 
 class SegmentationDataset(Dataset):
@@ -167,8 +189,8 @@ class SegmentationDataset(Dataset):
         on_bad_sample: str = "error",
     ) -> None:
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
-            raise ValueError(
-                f"dataset.dataset.on_bad_sample={on_bad_sample!r} is invalid; allowed: "
+            raise ConfigError(
+                f"dataset.on_bad_sample={on_bad_sample!r} is invalid; allowed: "
                 + ", ".join(BAD_SAMPLE_POLICIES)
             )
         self.class_names = list(class_names)
@@ -194,7 +216,7 @@ class SegmentationDataset(Dataset):
             if on_bad_sample == "error":
                 raise BadSampleError(
                     message + "\nRe-extract the dataset, or set "
-                    "dataset.dataset.on_bad_sample=skip to train without them."
+                    "dataset.on_bad_sample=skip to train without them."
                 )
             log.warning("%s\nSkipping them (on_bad_sample=skip).", message)
             missing = set(self.missing)

@@ -14,7 +14,7 @@ useless shortcut: only the frame decides. Measured on the tiny dilated backbone 
 "Which head on the built-in dataset"), every head learns the frame cue; DeepLab-v2's remaining
 errors are disk-vs-box confusions, which PDN's diffusion cuts by a quarter.
 
-Generation is deterministic: sample ``i`` of split ``s`` with seed ``seed`` is always the
+Generation is deterministic: sample ``i`` of split ``s`` with ``sample_seed`` is always the
 same image, on any machine, with any number of workers. Nothing is written to disk.
 """
 
@@ -43,7 +43,8 @@ class SyntheticContextDataset(Dataset):
         length: number of training samples.
         eval_length: number of samples in ``val`` / ``test`` (default: ``length``).
         size: image side in pixels.
-        seed: base seed; ``(seed, split, index)`` fixes a sample.
+        sample_seed: base seed of the images; ``(sample_seed, split, index)`` fixes a
+            sample (the run's own seed does not change the data).
         frame: width of the scene-cue frame in pixels.
         transform: albumentations pipeline.
     """
@@ -58,7 +59,7 @@ class SyntheticContextDataset(Dataset):
         length: int = 512,
         eval_length: int | None = None,
         size: int = 96,
-        seed: int = 0,
+        sample_seed: int = 0,
         frame: int = 3,
         transform: Transform | None = None,
     ) -> None:
@@ -72,7 +73,7 @@ class SyntheticContextDataset(Dataset):
         self.split = split
         self.length = length if split == "train" or eval_length is None else eval_length
         self.size = size
-        self.seed = seed
+        self.sample_seed = sample_seed
         self.frame = frame
         self.transform = transform
 
@@ -81,7 +82,7 @@ class SyntheticContextDataset(Dataset):
 
     def generate(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image ``H×W×3`` uint8 and label ``H×W`` uint8 of sample ``index``."""
-        rng = np.random.default_rng([self.seed, SPLIT_OFFSETS[self.split], index])
+        rng = np.random.default_rng([self.sample_seed, SPLIT_OFFSETS[self.split], index])
         s = self.size
         image = rng.normal(90, 20, size=(s, s, 3))
         label = np.zeros((s, s), dtype=np.uint8)

@@ -27,8 +27,8 @@ def build_train_transform(
     hflip: bool = True,
     photometric: bool = False,
 ) -> A.Compose:
-    """Random scale in ``scale_range`` (e.g. 0.5–2.0 in the papers, 0.5–1.4 in the DifNet
-    code), pad + random crop to ``crop_size``², flip, optional colour jitter, normalise."""
+    """Random scale in ``scale_range`` (neither paper gives one: 0.5–2.0 is DeepLab's and
+    mmsegmentation's, 0.5–1.4 the DifNet code's), pad + random crop to ``crop_size``², flip, optional colour jitter, normalise."""
     low, high = scale_range
     if not 0 < low <= high:
         raise ValueError(f"dataset.scale_range={list(scale_range)} must satisfy 0 < low <= high")

@@ -21,6 +21,7 @@ from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)
+DILATION_PATTERNS = ("timm", "deeplab")
 
 # ImageNet statistics: the fallback when a timm model has no pretrained config.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,6 +39,12 @@ class TimmBackbone(nn.Module):
             Implies ``pretrained``.
         frozen_bn: replace every BatchNorm by a frozen copy (running statistics and affine
             parameters fixed): the papers' single-GPU, batch-1 setting.
+        dilation_pattern: where the dilated stages (output stride 8/16) dilate. ``timm``:
+            the first block of a dilated stage keeps the previous stage's dilation (timm's
+            and torchvision's convention). ``deeplab``: *every* 3×3 conv of layer3 has
+            dilation 2 and of layer4 dilation 4 at output stride 8 (DeepLab-v2's ResNet-101,
+            res4a/res5a included, which the DifNet code and PDN's DeepLab-v2 base use).
+            ResNet-family backbones only.
         out_indices: which stages to return (timm ``out_indices``).
         in_chans: input channels.
     """
@@ -51,12 +58,18 @@ class TimmBackbone(nn.Module):
         frozen_bn: bool = False,
         out_indices: Sequence[int] = (1, 2, 3, 4),
         in_chans: int = 3,
+        dilation_pattern: str = "timm",
     ) -> None:
         super().__init__()
         if output_stride not in VALID_OUTPUT_STRIDES:
             raise ValueError(
                 f"backbone.output_stride={output_stride} is not supported; "
                 f"allowed values: {list(VALID_OUTPUT_STRIDES)}"
+            )
+        if dilation_pattern not in DILATION_PATTERNS:
+            raise ValueError(
+                f"backbone.dilation_pattern={dilation_pattern!r} is invalid; allowed: "
+                + ", ".join(DILATION_PATTERNS)
             )
         if name not in timm.list_models():
             raise ValueError(
@@ -73,7 +86,7 @@ class TimmBackbone(nn.Module):
                     "backbone.weights=null (and backbone.pretrained=true to use the hub)."
                 )
             # Loads into the plain model before the feature wrapper, non-strict on the
-            # classifier (see reference.md: `checkpoint_path=` fails with features_only).
+            # classifier (timm's `checkpoint_path=` loads strictly after the feature wrapper: fails).
             kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
             pretrained = True
         self.config = {
@@ -84,6 +97,7 @@ class TimmBackbone(nn.Module):
             "frozen_bn": frozen_bn,
             "out_indices": tuple(out_indices),
             "in_chans": in_chans,
+            "dilation_pattern": dilation_pattern,
         }
         self.name = name
         self.output_stride = output_stride
@@ -96,6 +110,8 @@ class TimmBackbone(nn.Module):
             in_chans=in_chans,
             **kwargs,
         )
+        if dilation_pattern == "deeplab":
+            dilate_every_block(self.model, name)
         if frozen_bn:
             self.model = freeze_batch_norm_2d(self.model)
         info = self.model.feature_info
@@ -113,3 +129,27 @@ class TimmBackbone(nn.Module):
     def forward(self, image: Tensor) -> list[Tensor]:
         return self.model(image)
 
+
+
+def dilate_every_block(model: nn.Module, name: str) -> None:
+    """Give every 3×3 conv of each dilated ResNet stage the stage's dilation (DeepLab-v2).
+
+    timm builds a dilated stage with its first block at the previous stage's dilation (1 in
+    layer3, 2 in layer4 at output stride 8); DeepLab-v2's Caffe ResNet dilates res4a and
+    res5a too. Weights are unchanged, only the sampling grid of those convs widens.
+    """
+    for stage_name in ("layer3", "layer4"):
+        try:
+            stage = model.get_submodule(stage_name)
+        except AttributeError:
+            raise ValueError(
+                f"backbone.dilation_pattern=deeplab needs a ResNet-family backbone (layer3, "
+                f"layer4); {name} has no {stage_name}"
+            ) from None
+        convs = [m for m in stage.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+        dilation = max(m.dilation[0] for m in convs)
+        if dilation == 1:  # a strided stage (output stride 32 at this depth): nothing to do
+            continue
+        for conv in convs:
+            conv.dilation = (dilation, dilation)
+            conv.padding = (dilation, dilation)

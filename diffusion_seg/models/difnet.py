@@ -1,8 +1,7 @@
 """DifNet: seed and similarity branches joined by a cascade of random walks.
 
-Jiang et al., "DifNet: Semantic Segmentation by Diffusion Networks", NeurIPS 2018
-(``papers/difnet-diffusion-networks.txt``), matching the authors' published code
-(``reference.md``) by default::
+Jiang et al., "DifNet: Semantic Segmentation by Diffusion Networks", NeurIPS 2018, matching
+the authors' published code (github.com/sdujump/DifNet, ``model_difnet.py``) by default::
 
     x  = ASPP(seed_backbone(I)[-1])             score map, K channels, output stride 8
     M  = H(x)                                   importance map, B×1×h×w, in [0, 1]
@@ -214,6 +213,10 @@ def similarity_backbone_config(
     return config
 
 
+# Seed-classifier initialisations (DifNetHead's ``seed_init``).
+SEED_INITS = ("published", "normal")
+
+
 class DifNetHead(SegmentationHead):
     """DifNet head (Fig. 1a) on a Segmentor's backbone, which is the seed branch's.
 
@@ -235,6 +238,12 @@ class DifNetHead(SegmentationHead):
             ``"dense"`` (explicit P, O(N²), the published code's way).
         seed_loss: add the score map x as auxiliary logits ``"seed"`` (deep supervision of
             the seed branch). Off by default: the published code supervises only the output.
+        seed_init: initialisation of the seed classifier. ``"published"``: what the
+            published code's classifier ends up with — it sets N(0, 0.01), but is built
+            before the ResNet's init loop, which re-draws every conv weight from
+            N(0, 2 / (k·k·out_channels)) (He, fan-out; std 0.103 for K = 21) and leaves
+            PyTorch's default bias. ``"normal"``: N(0, 0.01) weights and zero bias, the
+            code's stated intent and DeepLab-v2's classifier init.
     """
 
     def __init__(
@@ -249,8 +258,13 @@ class DifNetHead(SegmentationHead):
         psi_channels: int = 64,
         diffusion: str = "attention",
         seed_loss: bool = False,
+        seed_init: str = "published",
     ) -> None:
         super().__init__()
+        if seed_init not in SEED_INITS:
+            raise ValueError(
+                f"model.seed_init={seed_init!r} is invalid; allowed: {', '.join(SEED_INITS)}"
+            )
         if diffusion not in PROPAGATORS:
             raise ValueError(
                 f"model.diffusion={diffusion!r} is invalid; allowed: {', '.join(PROPAGATORS)}"
@@ -262,6 +276,10 @@ class DifNetHead(SegmentationHead):
         self.classifier = ASPPClassifier(
             backbone.channels[-1], num_classes, tuple(dilations) if aspp else (LARGEFOV_DILATION,)
         )
+        if seed_init == "published":
+            for conv in self.classifier.branches:
+                conv.reset_parameters()  # PyTorch's default bias, as the code leaves it
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
         self.importance = ImportanceHead(num_classes) if importance else None
         sim_config = similarity_backbone_config(backbone.config, similarity_backbone)
         # levels: the input image, then every stage the similarity backbone returns

@@ -101,8 +101,8 @@ class FCNHead(SegmentationHead):
 
 class ASPPClassifier(nn.Module):
     """DeepLab-v2 ASPP classifier: parallel 3×3 convs with the given dilations, outputs
-    summed (DifNet's seed classifier and the papers' "Sim-DeepLab" baseline; weights
-    N(0, 0.01) as in the published DifNet code)."""
+    summed (DeepLab-v2, PAMI 2018, Sec. 3.3; DifNet's seed classifier and the papers'
+    "Sim-DeepLab" baseline). Weights N(0, 0.01), zero bias: DeepLab-v2's classifier init."""
 
     def __init__(
         self, in_channels: int, num_classes: int, dilations: Sequence[int] = (6, 12, 18, 24)

@@ -1,7 +1,10 @@
 """One LightningDataModule for every dataset.
 
-The dataset itself is a factory ``dataset(split=..., transform=...)`` (a Hydra ``_partial_``
-config); this module adds the augmentation pipelines, the loaders and the samplers.
+The dataset is a class (``dataset_class``, e.g. ``diffusion_seg.data.voc.VOCAug``) called as
+``dataset_class(split=..., transform=..., **dataset_options)``; this module adds the
+augmentation pipelines, the loaders and the samplers. Its options and the dataset's share one
+flat config node: ``dataset.root=...``, ``dataset.on_bad_sample=skip`` and
+``dataset.batch_size=8`` are all keys of ``conf/dataset/<name>.yaml``.
 
 Batch size is *per device*: the paper's global batch 16 on 8 GPUs is ``batch_size=2`` with
 ``trainer.devices=8``.
@@ -14,6 +17,9 @@ therefore set ``use_distributed_sampler: false`` and the samplers are made here.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -25,8 +31,33 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from diffusion_seg.data.transforms import build_eval_transform, build_train_transform
+from diffusion_seg.errors import ConfigError
 
 DatasetFactory = Callable[..., Dataset]
+
+
+def dataset_factory(dataset_class: str | type, **options: Any) -> DatasetFactory:
+    """``dataset_class`` (a class or its import path) with ``options`` bound; an option the
+    class does not take fails here, naming the key and the options that exist."""
+    if isinstance(dataset_class, str):
+        module_name, _, name = dataset_class.rpartition(".")
+        try:
+            dataset_class = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigError(
+                f"dataset.dataset_class={dataset_class!r} is not an importable class; give its "
+                "full path, e.g. diffusion_seg.data.voc.VOCAug"
+            ) from None
+    params = inspect.signature(dataset_class).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in options if k not in params or k in ("split", "transform")]
+    if unknown and not takes_any:
+        allowed = sorted(set(DATAMODULE_OPTIONS) | set(params) - {"self", "split", "transform"})
+        raise ConfigError(
+            f"dataset.{unknown[0]} is not an option of {dataset_class.__name__} or "
+            f"SegmentationDataModule; remove it or fix its spelling. Options: {', '.join(allowed)}"
+        )
+    return functools.partial(dataset_class, **options)
 
 
 class ShardSampler(Sampler[int]):
@@ -65,7 +96,8 @@ class SegmentationDataModule(L.LightningDataModule):
     """Loaders for one dataset.
 
     Args:
-        dataset: factory called as ``dataset(split=name, transform=pipeline)``.
+        dataset_class: the dataset class or its import path; called as
+            ``dataset_class(split=name, transform=pipeline, **dataset_options)``.
         crop_size: training crop side.
         scale_range: random scale range for training.
         hflip / photometric: training augmentations.
@@ -75,12 +107,13 @@ class SegmentationDataModule(L.LightningDataModule):
         train_split / val_split / test_split: split names passed to the factory.
         batch_size: training batch per device; val_batch_size: evaluation batch per device.
         num_workers / pin_memory / persistent_workers: DataLoader options.
-        seed: shuffling seed of the distributed training sampler.
+        seed: seed of the augmentations and of the distributed training sampler.
+        dataset_options: the dataset's own options (``root``, ``on_bad_sample``, ...).
     """
 
     def __init__(
         self,
-        dataset: DatasetFactory,
+        dataset_class: str | type,
         crop_size: int = 321,
         scale_range: Sequence[float] = (0.5, 2.0),
         hflip: bool = True,
@@ -98,9 +131,10 @@ class SegmentationDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         seed: int = 0,
+        **dataset_options: Any,
     ) -> None:
         super().__init__()
-        self.dataset = dataset
+        self.dataset = dataset_factory(dataset_class, **dataset_options)
         self.train_transform = build_train_transform(
             crop_size, mean, std, scale_range, hflip, photometric
         )
@@ -178,3 +212,17 @@ class SegmentationDataModule(L.LightningDataModule):
     def describe(self) -> dict[str, Any]:
         """Sizes of the splits opened so far (printed at start-up)."""
         return {stage: len(ds) for stage, ds in self._sets.items()}
+
+
+# Keys of a dataset config that belong to the DataModule; every other key is the dataset's.
+DATAMODULE_OPTIONS = tuple(
+    name for name, p in inspect.signature(SegmentationDataModule).parameters.items()
+    if p.kind is not inspect.Parameter.VAR_KEYWORD and name != "dataset_class"
+)
+
+
+def dataset_factory_from_config(config: dict[str, Any]) -> DatasetFactory:
+    """The dataset factory of a resolved dataset config node: its keys minus the
+    DataModule's (for tools that read a dataset without loaders: check, benchmarks)."""
+    options = {k: v for k, v in config.items() if k not in DATAMODULE_OPTIONS and k != "_target_"}
+    return dataset_factory(**options)

@@ -8,36 +8,26 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from diffusion_seg.inference import predict, resize_logits
+from diffusion_seg.lightning.checkpoint import CONFIG_KEY
 from diffusion_seg.metrics import SegmentationMetrics, format_table
+from diffusion_seg.models.inference import predict
+from diffusion_seg.models.losses import cross_entropy
 from diffusion_seg.models.segmentor import Segmentor
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
-
-CONFIG_KEY = "diffusion_seg_config"
 
 # Epoch metrics come from a torchmetrics state that is already summed across processes, so
 # Lightning's advice to add sync_dist=True would only average identical numbers.
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed.*")
 
 
-def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
-    """Pixel-wise CE over non-ignored pixels, on logits upsampled to the label size.
-
-    Averaged by the number of valid pixels, and 0 (not NaN) for a crop that is all padding.
-    """
-    logits = resize_logits(logits, target.shape[-2:])
-    total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
-    return total / (target != ignore_index).sum().clamp_min(1)
-
-
-class SegmentationModule(L.LightningModule):
-    """Trains and evaluates a :class:`Segmentor`.
+class SegmentationTask(L.LightningModule):
+    """Trains and evaluates a :class:`Segmentor` (config node ``task``, shared by train and
+    eval: ``task.aux_weight=0.4``, ``task.inference.mode=slide``, ...).
 
     Args:
         net: backbone + head.
@@ -51,10 +41,13 @@ class SegmentationModule(L.LightningModule):
         aux_weight: weight of each auxiliary loss (PDN's intermediate supervision).
         ignore_index: label value left out of loss and metrics.
         inference: test-time options for val/test (``mode``, ``crop``, ``stride``,
-            ``scales``, ``flip``; see :func:`diffusion_seg.inference.predict`).
+            ``scales``, ``flip``; see :func:`diffusion_seg.models.inference.predict`).
         channels_last: run the network in channels-last memory format (faster convs on GPU).
-        config: the resolved run configuration, stored in every checkpoint so a checkpoint
-            alone rebuilds the network (:func:`diffusion_seg.checkpoint.load_segmentor`).
+        eval_aux: also evaluate every auxiliary output (PDN's per-layer classifiers, DifNet's
+            seed) on val/test: metrics ``val/aux/<name>/mIoU`` and a table each — PDN Table 2
+            reports the module output per number of layers. Single-scale whole-image only.
+        run_config: the resolved run configuration, stored in every checkpoint so a checkpoint
+            alone rebuilds the network (:func:`diffusion_seg.lightning.checkpoint.load_segmentor`).
     """
 
     def __init__(
@@ -68,7 +61,8 @@ class SegmentationModule(L.LightningModule):
         ignore_index: int = 255,
         inference: dict[str, Any] | None = None,
         channels_last: bool = False,
-        config: dict[str, Any] | None = None,
+        eval_aux: bool = False,
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -80,12 +74,25 @@ class SegmentationModule(L.LightningModule):
         self.ignore_index = ignore_index
         self.inference = dict(inference or {})
         self.channels_last = channels_last
-        self.config = config
+        self.eval_aux = eval_aux
+        self.run_config = run_config
         num_classes = len(self.class_names)
         if num_classes != net.num_classes:
             raise ValueError(f"{num_classes} class names for a {net.num_classes}-class network")
-        self.val_metrics = SegmentationMetrics(num_classes, ignore_index)
-        self.test_metrics = SegmentationMetrics(num_classes, ignore_index)
+        multi_pass = tuple(self.inference.get("scales", (1.0,))) != (1.0,) or self.inference.get(
+            "flip", False
+        ) or self.inference.get("mode", "whole") != "whole"
+        if eval_aux and multi_pass:
+            raise ValueError(
+                "task.eval_aux=true evaluates the auxiliary outputs of one whole-image pass; "
+                "set task.inference.mode=whole, scales=[1.0], flip=false"
+            )
+        self.metrics = torch.nn.ModuleDict(
+            {stage: SegmentationMetrics(num_classes, ignore_index) for stage in ("val", "test")}
+        )
+        # Per-output metrics of the auxiliary classifiers, created at the first evaluation
+        # batch (their names are the head's): "<stage>/<aux name>".
+        self.aux_metrics = torch.nn.ModuleDict()
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -111,40 +118,60 @@ class SegmentationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
-    def _evaluate(self, batch: dict[str, Any], metrics: SegmentationMetrics, stage: str) -> None:
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
         target = batch["mask"]
-        scores = predict(self.forward, self._image(batch), **self.inference)
+        image = self._image(batch)
+        if self.eval_aux:
+            out = self.net(image)
+            scores = predict(lambda _: out.logits, image)
+            for name, logits in out.aux.items():
+                key = f"{stage}/{name}"
+                if key not in self.aux_metrics:
+                    self.aux_metrics[key] = SegmentationMetrics(
+                        len(self.class_names), self.ignore_index
+                    ).to(self.device)
+                aux_scores = predict(lambda _, lg=logits: lg, image)
+                self.aux_metrics[key].update(aux_scores.argmax(1), target)
+        else:
+            scores = predict(self.forward, image, **self.inference)
         single_pass = tuple(self.inference.get("scales", (1.0,))) == (1.0,)
         if single_pass and not self.inference.get("flip", False):  # scores are logits
             loss = cross_entropy(scores, target, self.ignore_index)
             self.log(f"{stage}/loss", loss, batch_size=target.shape[0], sync_dist=True)
-        metrics.update(scores.argmax(1), target)
+        self.metrics[stage].update(scores.argmax(1), target)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+        self._evaluate(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+        self._evaluate(batch, "test")
 
-    def _report(self, metrics: SegmentationMetrics, stage: str) -> dict[str, Tensor]:
+    def _report(self, metrics: SegmentationMetrics, prefix: str, title: str) -> dict[str, Tensor]:
         results = metrics.compute()
         metrics.reset()
-        self.log(f"{stage}/mIoU", results["mIoU"], prog_bar=True)
-        self.log(f"{stage}/mAcc", results["mAcc"])
-        self.log(f"{stage}/aAcc", results["aAcc"])
+        self.log(f"{prefix}/mIoU", results["mIoU"], prog_bar=prefix in ("val", "test"))
+        self.log(f"{prefix}/mAcc", results["mAcc"])
+        self.log(f"{prefix}/aAcc", results["aAcc"])
         for name, iou in zip(self.class_names, results["IoU"]):
             if not torch.isnan(iou):
-                self.log(f"{stage}/IoU/{name}", iou)
+                self.log(f"{prefix}/IoU/{name}", iou)
         if not self.trainer.sanity_checking:
-            title = f"{stage} metrics (epoch {self.current_epoch}, step {self.global_step})"
+            title = f"{title} (epoch {self.current_epoch}, step {self.global_step})"
             rank_zero_info("\n" + format_table(results, self.class_names, title))
         return results
 
+    def _report_stage(self, stage: str) -> None:
+        self._report(self.metrics[stage], stage, f"{stage} metrics")
+        for key, metrics in self.aux_metrics.items():
+            if key.startswith(f"{stage}/"):
+                name = key.split("/", 1)[1]
+                self._report(metrics, f"{stage}/aux/{name}", f"{stage} metrics of {name}")
+
     def on_validation_epoch_end(self) -> None:
-        self._report(self.val_metrics, "val")
+        self._report_stage("val")
 
     def on_test_epoch_end(self) -> None:
-        self._report(self.test_metrics, "test")
+        self._report_stage("test")
 
     def on_train_epoch_end(self) -> None:
         for name, value in self.net.head.diagnostics().items():
@@ -152,7 +179,7 @@ class SegmentationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_factory is None:
-            raise RuntimeError("SegmentationModule was built without an optimizer (eval only)")
+            raise RuntimeError("SegmentationTask was built without an optimizer (eval only)")
         base_lr = self.optimizer_factory.keywords["lr"]  # type: ignore[attr-defined]
         groups = [
             {"params": [p for p in params if p.requires_grad], "lr": lr, "name": name}
@@ -173,4 +200,4 @@ class SegmentationModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CONFIG_KEY] = self.config
+        checkpoint[CONFIG_KEY] = self.run_config

@@ -1,6 +1,6 @@
 """Test-time inference: whole image or sliding window, optional multi-scale + flip.
 
-Conventions of mmsegmentation (reference.md): sliding window sums the logits of overlapping
+Conventions of mmsegmentation (the field's common ground): sliding window sums the logits of overlapping
 crops and divides by the count; multi-scale/flip averages the softmax over all passes.
 """
 

@@ -191,27 +191,32 @@ def make_folder(
     splits: dict[str, int] | None = None,
     size=(40, 30),
     seed=0,
+    per_split: bool = False,
 ) -> dict[str, np.ndarray]:
     """``images/*.jpg`` + ``masks/*.png`` + ``classes.txt`` (+ ``splits/`` if ``splits``).
-    With ``colours`` the masks are RGB colour images and classes.txt lists the colours."""
+    With ``colours`` the masks are RGB colour images and classes.txt lists the colours.
+    ``per_split``: ``images/<split>/`` + ``masks/<split>/`` folders instead (``splits`` gives
+    the counts), as exported datasets are laid out."""
     rng = np.random.default_rng(seed)
     out = {}
-    for k in range(n):
+    folders = [s for s, count in (splits or {}).items() for _ in range(count)] if per_split else []
+    for k in range(len(folders) or n):
         name = f"img_{k:03d}"
-        write_jpeg(root / "images" / f"{name}.jpg", photo(rng, *size))
+        sub = folders[k] if per_split else ""
+        write_jpeg(root / "images" / sub / f"{name}.jpg", photo(rng, *size))
         label = label_map(rng, *size, list(range(len(classes))))
         if colours is None:
-            write_gray_png(root / "masks" / f"{name}.png", label)
+            write_gray_png(root / "masks" / sub / f"{name}.png", label)
         else:
-            (root / "masks").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(colours[label].astype(np.uint8)).save(root / "masks" / f"{name}.png")
+            (root / "masks" / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(colours[label].astype(np.uint8)).save(root / "masks" / sub / f"{name}.png")
         out[name] = label
     lines = [
         name if colours is None else f"{name} {' '.join(str(int(v)) for v in colours[k])}"
         for k, name in enumerate(classes)
     ]
     write_lines(root / "classes.txt", lines)
-    if splits:
+    if splits and not per_split:
         names = list(out)
         for split, count in splits.items():
             write_lines(root / "splits" / f"{split}.txt", names[:count])
@@ -224,27 +229,12 @@ def make_folder(
 
 
 def rle_encode(mask: np.ndarray) -> dict:
-    """COCO compressed RLE of a binary ``H×W`` mask (maskApi.c rleEncode + rleToString):
-    column-major runs starting with zeros; counts from the third on stored as the
-    difference to the count two before; 5 bits per character, 0x20 = more, offset 48."""
-    flat = np.asarray(mask, dtype=bool).T.ravel()  # column-major
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    chars = []
-    for i, count in enumerate(counts):
-        x = count - counts[i - 2] if i > 2 else count
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = x != -1 if c & 0x10 else x != 0
-            if more:
-                c |= 0x20
-            chars.append(chr(c + 48))
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": "".join(chars)}
+    """COCO compressed RLE of a binary ``H×W`` mask, encoded by pycocotools (the format's
+    reference implementation), as the Detail JSON stores it (counts as a string)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def write_sbd_mat(path: Path, label: np.ndarray) -> None:
@@ -310,7 +300,7 @@ def make_context_release(
     an overlapping later annotation (later wins), and classes outside the 59.
 
     Returns paths, the full-id label maps and the expected 0..59 labels."""
-    from diffusion_seg.data.datasets import CONTEXT_59
+    from diffusion_seg.data.pascal_context import CONTEXT_59
 
     rng = np.random.default_rng(seed)
     voc = root / "VOCdevkit" / "VOC2010"

@@ -1,0 +1,72 @@
+"""Evaluate a checkpoint: ``python -m diffusion_seg.eval ckpt_path=<file.ckpt> [overrides]``.
+
+The network is rebuilt from the config stored in the checkpoint. The dataset is the
+checkpoint's too, unless ``dataset=<name>`` is given (e.g. to evaluate on another root).
+The ``task`` node (inference, ignore index) is this command's: multi-scale + flip with
+``task.inference.scales=[0.5,0.75,1.0,1.25,1.5,1.75] task.inference.flip=true``, sliding
+window with ``task.inference.mode=slide``. Paper numbers come from single-device evaluation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from diffusion_seg import CONFIG_DIR
+from diffusion_seg.builders import build_datamodule, build_task
+from diffusion_seg.cli.console import log, print_config
+from diffusion_seg.cli.errors import hydra_command, user_errors
+from diffusion_seg.config import instantiate_node, register_resolvers
+from diffusion_seg.errors import ConfigError
+from diffusion_seg.lightning.checkpoint import load_segmentor
+
+register_resolvers()
+
+VALID_SPLITS = ("val", "test")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Validate or test ``cfg.ckpt_path`` on ``cfg.split``; returns the logged metrics."""
+    if cfg.split not in VALID_SPLITS:
+        raise ConfigError(f"split={cfg.split!r} is invalid; allowed: {list(VALID_SPLITS)}")
+    L.seed_everything(cfg.seed, workers=True)
+    net, train_cfg = load_segmentor(cfg.ckpt_path)
+    run_cfg = train_cfg.copy()
+    with open_dict(run_cfg):
+        run_cfg.task = cfg.task
+        if cfg.get("dataset") is not None:
+            run_cfg.dataset = cfg.dataset
+    datamodule = build_datamodule(run_cfg, net.backbone)
+    if datamodule.class_names != list(train_cfg.class_names):
+        raise ConfigError(
+            f"dataset has classes {datamodule.class_names[:5]}... but the checkpoint was trained "
+            f"on {list(train_cfg.class_names)[:5]}...; evaluate on a dataset with the same classes"
+        )
+    task = build_task(run_cfg, net, datamodule.class_names, train=False)
+    trainer: L.Trainer = instantiate_node(cfg, "trainer", logger=False, callbacks=[])
+    run = trainer.validate if cfg.split == "val" else trainer.test
+    results = run(task, datamodule=datamodule)
+    log.info("Run dir: %s", HydraConfig.get().runtime.output_dir)
+    return dict(results[0]) if results else {}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def _main(cfg: DictConfig) -> None:
+    print_config(cfg)
+    with user_errors():
+        metrics = evaluate(cfg)
+    out = Path(HydraConfig.get().runtime.output_dir) / "metrics.yaml"
+    out.write_text(OmegaConf.to_yaml(OmegaConf.create(metrics)))
+    log.info("Metrics written to %s", out)
+
+
+def main() -> None:
+    hydra_command(_main)
+
+
+if __name__ == "__main__":
+    main()

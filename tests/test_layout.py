@@ -1,0 +1,145 @@
+"""The layers hold: the torch core imports no Lightning or Hydra, every command is reachable
+under its documented names, learning-rate groups survive pickling, and renamed config keys
+point to their new names."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import pickle
+import subprocess
+import sys
+import tomllib
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+import torch
+
+import diffusion_seg
+from diffusion_seg.config import compose_config, renamed_key_error
+from diffusion_seg.errors import ConfigError
+from diffusion_seg.lightning.checkpoint import upgrade_config
+from diffusion_seg.models.backbone import TimmBackbone
+from diffusion_seg.models.pdn import PDNHead
+from diffusion_seg.models.segmentor import Segmentor
+
+PACKAGE = Path(diffusion_seg.__file__).parent
+ROOT = PACKAGE.parent
+
+
+def core_modules() -> list[str]:
+    """Every module of models/ and data/, and metrics.py: the torch-only core."""
+    names = ["diffusion_seg.metrics", "diffusion_seg.errors"]
+    for sub in ("models", "data"):
+        names += [f"diffusion_seg.{sub}.{p.stem}" for p in sorted((PACKAGE / sub).glob("*.py"))
+                  if p.stem != "__init__"]
+    return names
+
+
+def test_core_imports_neither_lightning_nor_hydra():
+    # A fresh interpreter: what the core pulls in, not what earlier tests imported.
+    code = (
+        "import sys, importlib\n"
+        f"for name in {core_modules()!r}: importlib.import_module(name)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('lightning', 'pytorch_lightning', 'hydra', 'omegaconf'))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"the core imports {out.stdout.strip()}"
+    assert len(core_modules()) >= 15  # the check covers the whole core, not an empty list
+
+
+def test_every_command_resolves_under_its_names():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for target in scripts.values():
+        module, func = target.split(":")
+        assert callable(getattr(import_module(module), func)), target
+    for command in ("train", "eval", "check", "prepare", "visualize"):
+        assert import_module(f"diffusion_seg.{command}").main is import_module(f"diffusion_seg.cli.{command}").main
+    # the 0.1.0 names of two commands still run them
+    for old, new in (("data.check", "check"), ("data.prepare", "prepare")):
+        help_text = subprocess.run([sys.executable, "-m", f"diffusion_seg.{old}", "--help"],
+                                   capture_output=True, text=True, cwd=ROOT)
+        assert help_text.returncode == 0 and f"diffusion_seg.{new}" in help_text.stdout
+
+
+def pdn_net() -> Segmentor:
+    torch.manual_seed(0)
+    head = functools.partial(PDNHead, neighbors=8, layers=1, hidden=8, modules=2)
+    return Segmentor(TimmBackbone("test_resnet"), head, num_classes=3)
+
+
+def group_sizes(net: Segmentor) -> tuple[int, int]:
+    return len(list(net.backbone_parameters())), len(list(net.new_parameters()))
+
+
+@pytest.mark.parametrize("round_trip", [lambda n: pickle.loads(pickle.dumps(n)), copy.deepcopy],
+                         ids=["pickle", "deepcopy"])
+def test_learning_rate_groups_survive_pickle_and_deepcopy(round_trip):
+    net = pdn_net()
+    backbone_names = {n for n, _ in net.backbone.named_parameters()}
+    before = group_sizes(net)
+    assert before[0] == len(backbone_names) and before[1] > 0
+    copied = round_trip(net)
+    assert group_sizes(copied) == before
+    # same parameters by name, and the module hooked inside layer3 is still "new"
+    new_names = {n for n, p in copied.named_parameters() if n not in copied.pretrained_names}
+    assert any(n.startswith("head.pdn.0.") for n in new_names)
+    assert {f"backbone.{n}" for n in backbone_names} == set(copied.pretrained_names)
+
+
+def test_renamed_keys_name_their_new_spelling():
+    cases = {
+        "dataset.dataset.root=/data": "use dataset.root",
+        "+dataset.dataset.on_bad_sample=skip": "use dataset.on_bad_sample",
+        "inference.mode=slide": "use task.inference.mode",
+        "loss.aux_weight=0.4": "use task.aux_weight",
+        "new_lr_mult=1": "use task.new_lr_mult",
+        "channels_last=true": "use task.channels_last",
+    }
+    for override, message in cases.items():
+        error = renamed_key_error([override])
+        assert error is not None and message in str(error), override
+    assert renamed_key_error(["dataset.root=/data", "task.inference.mode=slide", "model=pdn"]) is None
+    with pytest.raises(ConfigError, match="dataset.dataset.length was renamed: use dataset.length"):
+        compose_config(["dataset.dataset.length=4"])
+
+
+def test_a_dataset_option_typo_names_the_key_and_the_options(tmp_path):
+    from diffusion_seg.builders import build_backbone, build_datamodule
+
+    cfg = compose_config(["dataset=synthetic", "+dataset.lenght=4", "backbone=tiny"])
+    with pytest.raises(ConfigError, match=r"dataset.lenght is not an option of SyntheticContextDataset "
+                                          r"or SegmentationDataModule.*Options: .*batch_size.*length"):
+        build_datamodule(cfg, build_backbone(cfg))
+
+
+def test_an_old_run_config_is_upgraded_and_builds():
+    """A checkpoint written by 0.1.0 (nested dataset, root-level loss/inference) still evaluates."""
+    from omegaconf import OmegaConf
+
+    from diffusion_seg.builders import build_backbone, build_datamodule
+
+    old = {
+        "dataset": {
+            "_target_": "diffusion_seg.data.datamodule.SegmentationDataModule",
+            "dataset": {"_target_": "diffusion_seg.data.synthetic.SyntheticContextDataset",
+                        "_partial_": True, "length": 4, "eval_length": 2, "size": 48, "seed": 3},
+            "crop_size": 48, "batch_size": 2, "num_workers": 0, "pin_memory": False,
+            "persistent_workers": False,
+        },
+        "backbone": {"_target_": "diffusion_seg.models.backbone.TimmBackbone", "name": "test_resnet"},
+        "loss": {"aux_weight": 0.4, "ignore_index": 255},
+        "inference": {"mode": "whole", "scales": [1.0], "flip": False},
+        "new_lr_mult": 10.0, "channels_last": False, "seed": 0,
+    }
+    new = upgrade_config(copy.deepcopy(old))
+    assert new["dataset"]["dataset_class"] == "diffusion_seg.data.synthetic.SyntheticContextDataset"
+    assert new["dataset"]["sample_seed"] == 3 and "dataset" not in new["dataset"]
+    assert new["task"]["aux_weight"] == 0.4 and new["task"]["inference"]["mode"] == "whole"
+    cfg = OmegaConf.create(new)
+    dm = build_datamodule(cfg, build_backbone(cfg))
+    assert len(dm.val_set) == 2 and dm.val_set.sample_seed == 3
+    assert upgrade_config(copy.deepcopy(new)) == new  # today's layout is left as it is
