@@ -61,7 +61,7 @@ def test_all_ignored_crop_gives_zero_loss_not_nan():
     loss = cross_entropy(logits, torch.full((1, 16, 16), 255))
     assert loss.item() == 0.0
     loss.backward()
-    assert torch.isfinite(logits.grad).all()
+    assert (logits.grad == 0).all()  # nothing labelled, nothing learned
 
 
 def test_new_layers_get_lr_multiplier_and_poly_decays_per_step(tmp_path):
