@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_seg import CONFIG_DIR
-from diffusion_seg.errors import ConfigError
+from diffusion_seg.errors import ConfigError, UserError
 
 # Old spelling → new spelling, for command-line overrides (prefix match on the key).
 RENAMED_KEYS = {
@@ -86,6 +86,8 @@ def instantiate_node(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
         cause = _root_cause(err)
+        if isinstance(cause, UserError):  # already says what to fix (a missing dataset, ...)
+            raise cause from None
         if isinstance(cause, TypeError):
             raise unknown_option_error(key, node.get("_target_", "?"), cause) from cause
         raise as_config_error(key, cause) from cause
