@@ -136,7 +136,7 @@ def test_missing_split_list_names_the_list(tmp_path):
 
 def test_missing_root_through_hydra_names_the_path(tmp_path):
     cfg = compose_config(["dataset=pascal_context", f"dataset.root={tmp_path}", *FAST])
-    with pytest.raises(ConfigError, match="VOC2010/JPEGImages does not exist") as err:
+    with pytest.raises(DatasetNotFoundError, match="^Pascal Context: .*VOC2010/JPEGImages does not exist") as err:
         instantiate_node(cfg, "dataset")
     assert "prepare pascal_context" in str(err.value)
 
