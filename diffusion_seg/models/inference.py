@@ -6,10 +6,13 @@ crops and divides by the count; multi-scale/flip averages the softmax over all p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
+
+from diffusion_seg.models.crf import dense_crf
 
 LogitsFn = Callable[[Tensor], Tensor]
 
@@ -53,10 +56,23 @@ def predict(
     stride: int = 320,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    crf: bool = False,
+    crf_params: Mapping[str, Any] | None = None,
+    rgb: Tensor | None = None,
 ) -> Tensor:
-    """Scores ``B×K×H×W`` at the image size: logits for a single pass, else the mean softmax."""
+    """Scores ``B×K×H×W`` at the image size: logits for a single pass, else the mean softmax;
+    with ``crf`` the marginals of DeepLab-v2's dense CRF on that softmax and the ``rgb``
+    image (``B×3×H×W``, 0..255), :func:`diffusion_seg.models.crf.dense_crf` with
+    ``crf_params``."""
     if mode not in VALID_MODES:
         raise ValueError(f"inference.mode={mode!r} is invalid; allowed: {list(VALID_MODES)}")
+    if crf:
+        if rgb is None:
+            raise ValueError("inference.crf=true needs the RGB image (0..255) of the batch")
+        plain = predict(logits_fn, image, mode, crop, stride, scales, flip)
+        single = tuple(scales) == (1.0,) and not flip
+        probs = plain.float().softmax(1) if single else plain.float()
+        return dense_crf(probs, rgb, **dict(crf_params or {}))
     h, w = image.shape[-2:]
 
     def one_pass(x: Tensor) -> Tensor:

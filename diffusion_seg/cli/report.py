@@ -1,0 +1,86 @@
+"""Turn sweeps into a report: ``python -m diffusion_seg.report <sweep dir> [<sweep dir> ...]``.
+
+Writes into the (first) sweep dir, or ``--out``:
+
+* ``report.md``: one row per setting (the overrides without ``seed``), mIoU / mAcc / aAcc as
+  mean ± std over seeds with n, the published number beside ours for a paper-table study,
+  per-class IoU in a second table, and the runs that did not finish;
+* ``report.png``: the metric against the study's knob, one line per setting, error bars
+  over seeds (a bar chart when there is no numeric knob);
+* ``runs.csv``: every run and every metric it logged.
+
+Offline: reads what the runs wrote (``finished.yaml`` or ``csv/metrics.csv`` and
+``.hydra/``). ``--wandb`` also logs the table to the sweep's W&B group (offline works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from diffusion_seg.cli.errors import user_errors
+from diffusion_seg.studies import (
+    ReportError,
+    aggregate,
+    gather,
+    markdown,
+    pick_split,
+    plot,
+    write_csv,
+)
+
+
+def log_to_wandb(rows, split: str, sweep: Path, project: str) -> None:
+    """The report's table as a W&B Table, in a run of the sweep's group (job type report)."""
+    import wandb
+
+    run = wandb.init(project=project, group=sweep.name, job_type="report",
+                     name=f"report-{sweep.name}", dir=str(sweep))
+    columns = ["setting", "n", "mIoU", "mIoU std", "mAcc", "aAcc", "published mIoU"]
+    table = wandb.Table(columns=columns)
+    for row in rows:
+        miou = row.stats.get("mIoU", (None, None, 0))
+        table.add_data(row.setting, len(row.runs), miou[0], miou[1],
+                       row.stats.get("mAcc", (None,))[0], row.stats.get("aAcc", (None,))[0],
+                       row.published)
+    run.log({f"report/{split}": table})
+    run.finish()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffusion_seg.report",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("sweeps", nargs="+", type=Path, help="multirun sweep dirs")
+    parser.add_argument("--split", choices=("val", "test"), default=None,
+                        help="metrics of this split (default: test if every run has it, else val)")
+    parser.add_argument("--out", type=Path, default=None, help="output dir (default: the first sweep dir)")
+    parser.add_argument("--wandb", action="store_true", help="also log the table to the sweep's W&B group")
+    parser.add_argument("--project", default="diffusion-seg", help="W&B project (with --wandb)")
+    args = parser.parse_args(argv)
+    with user_errors():
+        runs = gather(args.sweeps)
+        split = pick_split(runs, args.split)
+        finished = [r for r in runs if r.status == "finished"]
+        if not finished:
+            raise ReportError(f"no run in {', '.join(map(str, args.sweeps))} has finished yet")
+        prefix = f"{split}/IoU/"
+        class_names = [k[len(prefix):] for k in finished[0].metrics if k.startswith(prefix)]
+        rows = aggregate(runs, split, class_names)
+        out = args.out or args.sweeps[0]
+        out.mkdir(parents=True, exist_ok=True)
+        command = runs[0].study.get("command")
+        (out / "report.md").write_text(markdown(rows, runs, split, args.sweeps, class_names, command))
+        plot(out / "report.png", rows, runs[0].study.get("knob"))
+        write_csv(out / "runs.csv", runs)
+        if args.wandb:
+            log_to_wandb(rows, split, args.sweeps[0], args.project)
+    unfinished = len(runs) - len(finished)
+    print(f"report of {len(finished)} finished run(s) in {len(rows)} setting(s)"
+          + (f", {unfinished} unfinished" if unfinished else "") + f": {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Properties of the pathfinder benchmark that hold by construction (see its docstring)."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_seg.data.pathfinder import (
+    CELL,
+    CLASS_NAMES,
+    IGNORE,
+    PALETTE,
+    PathfinderDataset,
+    proximity_conflict,
+    render,
+)
+
+FAR = 3 * CELL  # px along the path: "far" pixels for these tests
+
+
+def other_classes(classes: np.ndarray) -> np.ndarray:
+    """Every cued curve gets a different class (1→2→3→1)."""
+    return classes % 3 + 1
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_changing_only_the_cue_flips_far_labels_and_nothing_else(index):
+    ds = PathfinderDataset("train", length=8, max_distance=8)
+    a = ds.sample(index)
+    b = ds.sample(index, override_classes=other_classes(a.classes))
+    assert np.array_equal(a.cue, b.cue) and a.cue.any()
+    # The image changes on the cue squares only.
+    assert np.array_equal(a.image[~a.cue], b.image[~b.cue])
+    assert not np.array_equal(a.image[a.cue], b.image[b.cue])
+    # Geometry is the same; every labelled pixel of a cued curve changes class.
+    assert np.array_equal(a.path_id, b.path_id) and np.array_equal(a.distance, b.distance)
+    cued = (a.label >= 1) & (a.label <= 3)
+    assert np.array_equal(cued, (b.label >= 1) & (b.label <= 3))
+    assert np.array_equal(b.label[cued], other_classes(a.label[cued].astype(np.int64)))
+    assert np.array_equal(a.label[~cued], b.label[~cued])
+    far = cued & (a.distance >= FAR)
+    assert far.sum() > 100  # far pixels exist, and they flip
+    assert (a.label[far] != b.label[far]).all()
+
+
+@pytest.mark.parametrize("half", [4, 16])  # 9×9 and 33×33 patches
+def test_local_patch_around_far_pixels_is_identical_for_every_class(half):
+    ds = PathfinderDataset("val", length=8, max_distance=8)
+    checked = 0
+    for index in range(4):
+        renders = [ds.sample(index, override_classes=[c] * 3) for c in (1, 2, 3)]
+        ref = renders[0]
+        padded = [np.pad(r.image, ((half, half), (half, half), (0, 0))) for r in renders]
+        cue = np.pad(ref.cue, half)
+        ys, xs = np.nonzero((ref.label >= 1) & (ref.label <= 3) & (ref.distance >= FAR))
+        assert {int(r.label[ys[0], xs[0]]) for r in renders} == {1, 2, 3}
+        for y, x in zip(ys[::7], xs[::7]):
+            window = (slice(y, y + 2 * half + 1), slice(x, x + 2 * half + 1))
+            if cue[window].any():
+                continue  # a cue in sight: not a blind patch (only possible for big patches)
+            patches = [p[window] for p in padded]
+            assert all(np.array_equal(patches[0], p) for p in patches[1:])
+            checked += 1
+    assert checked > 50
+
+
+def test_no_cue_inside_the_9x9_patch_of_a_far_pixel():
+    """So the patch identity above is about blind patches: no cue of any path in sight."""
+    ds = PathfinderDataset("train", length=16, max_distance=8)
+    for index in range(16):
+        s = ds.sample(index)
+        far = np.argwhere((s.path_id >= 1) & (s.distance >= FAR) & (s.label != IGNORE))
+        cues = np.argwhere(s.cue)
+        assert len(far) and len(cues)
+        assert np.abs(far[:, None, :] - cues[None, :, :]).max(-1).min() > 4
+
+
+def test_curves_never_touch_at_feature_resolution():
+    ds = PathfinderDataset("train", length=32, size=96, max_distance=10, num_distractors=2)
+    for index in range(32):
+        nodes = ds.sample(index).nodes
+        assert all(len(n) == 11 for n in nodes)
+        for i, a in enumerate(nodes):
+            steps = np.abs(np.diff(a, axis=0)).sum(1)
+            assert (steps == 1).all()  # one cell per step
+            # no shortcut through the curve itself: non-consecutive nodes are 2+ cells apart
+            cheb = np.abs(a[:, None] - a[None]).max(-1)
+            gap = np.abs(np.arange(len(a))[:, None] - np.arange(len(a))[None])
+            assert (cheb[gap > 2] >= 2).all()
+            for b in nodes[i + 1 :]:
+                assert np.abs(a[:, None] - b[None]).max(-1).min() >= 2
+
+
+def test_deterministic_across_calls_and_instances_splits_and_seeds_differ():
+    a = PathfinderDataset("train", length=4, sample_seed=3)
+    b = PathfinderDataset("train", length=4, sample_seed=3)
+    for i in range(4):
+        assert all(np.array_equal(x, y) for x, y in zip(a.generate(i), b.generate(i)))
+        assert all(np.array_equal(x, y) for x, y in zip(a.generate(i), a.generate(i)))
+    first = a.generate(0)[0]
+    assert not np.array_equal(first, a.generate(1)[0])
+    other_seed = PathfinderDataset("train", length=4, sample_seed=4).generate(0)[0]
+    assert not np.array_equal(first, other_seed)
+    for split in ("val", "test"):
+        other_split = PathfinderDataset(split, length=4, sample_seed=3).generate(0)[0]
+        assert not np.array_equal(first, other_split)
+    # The same seed sequence through the functional API gives the same sample.
+    assert np.array_equal(render([3, 0, 0]).image, first)
+
+
+def test_the_knob_moves_the_distance_distribution():
+    stats = {}
+    for md in (2, 4, 8, 12):
+        ds = PathfinderDataset("val", length=24, size=96, max_distance=md, ignore_near=1)
+        d = []
+        for i in range(24):
+            s = ds.sample(i)
+            labelled = (s.label >= 1) & (s.label <= 3)
+            d.append(s.distance[labelled] / CELL)
+            assert (md - 0.25) * CELL < s.distance.max() <= md * CELL
+        d = np.concatenate(d)
+        assert d.min() >= 1.0  # ignore_near = 1 cell
+        stats[md] = (d.mean(), (d >= 4).mean())
+    means = [stats[md][0] for md in (2, 4, 8, 12)]
+    assert means == sorted(means) and means[-1] > 2.5 * means[0]
+    assert stats[2][1] == 0.0 and stats[8][1] > 0.4 and stats[12][1] > 0.6
+
+
+def test_ignore_near_changes_labels_near_the_cue_only():
+    full = PathfinderDataset("val", length=4)  # ignore_near=0: only the cue squares ignored
+    far_only = PathfinderDataset("val", length=4, ignore_near=4)
+    for i in range(4):
+        a, b = full.sample(i), far_only.sample(i)
+        assert np.array_equal(a.image, b.image)
+        labelled = (a.label >= 1) & (a.label <= 3)
+        assert (a.distance[labelled] < CELL).any() and (a.label[a.cue] == IGNORE).all()
+        near = labelled & (a.distance < 4 * CELL)
+        assert (b.label[near] == IGNORE).all()
+        assert np.array_equal(a.label[~near], b.label[~near])
+
+
+def test_interleave_puts_other_cues_nearer_than_the_own_one():
+    def mean_conflict(interleave):
+        ds = PathfinderDataset("train", length=40, interleave=interleave)
+        return np.mean([proximity_conflict(ds.sample(i).nodes) for i in range(40)])
+
+    plain, interleaved = mean_conflict(1), mean_conflict(4)
+    assert interleaved > plain + 0.1
+
+
+def test_misleading_pixels_are_common_far_from_the_cue():
+    """Pixels whose straight-line nearest cue has another class: only path-following gets
+    them right. At the defaults they are ~30 % of the labelled path pixels, mostly far."""
+    ds = PathfinderDataset("val", length=40)
+    near_total = near_bad = far_total = far_bad = 0
+    for i in range(40):
+        s = ds.sample(i)
+        labelled = (s.label >= 1) & (s.label <= 3)
+        bad = labelled & (s.nearest_cue_class() != s.label)
+        near, far = labelled & (s.distance < 2 * CELL), labelled & (s.distance >= 6 * CELL)
+        near_total, near_bad = near_total + near.sum(), near_bad + (bad & near).sum()
+        far_total, far_bad = far_total + far.sum(), far_bad + (bad & far).sum()
+        # the nearest cue of a pixel on the cue square is that cue
+        assert (s.nearest_cue_class()[s.cue & (s.path_id >= 1)] ==
+                s.classes[s.path_id[s.cue & (s.path_id >= 1)] - 1]).mean() > 0.95
+    assert near_bad / near_total < 0.05
+    assert far_bad / far_total > 0.4
+
+
+def test_default_layout_always_fits():
+    ds = PathfinderDataset("train", length=300)
+    for i in range(300):
+        ds.generate(i)
+
+
+def test_shapes_values_and_class_balance():
+    ds = PathfinderDataset("val", length=64, size=96)
+    counts = np.zeros(256, dtype=np.int64)
+    for i in range(len(ds)):
+        image, label = ds.generate(i)
+        assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+        assert label.shape == (96, 96) and label.dtype == np.uint8
+        counts += np.bincount(label.ravel(), minlength=256)
+    assert set(np.flatnonzero(counts)) == {0, 1, 2, 3, IGNORE}
+    per_class = counts[1:4]
+    assert per_class.max() < 1.6 * per_class.min()
+    assert 0.02 < per_class.sum() / counts.sum() < 0.2
+    item = ds[0]
+    assert item["image"].shape == (3, 96, 96) and item["image"].dtype == torch.float32
+    assert item["mask"].shape == (96, 96) and item["mask"].dtype == torch.long
+    assert item["name"] == "val_00000"
+    assert len(ds.class_names) == ds.num_classes == len(CLASS_NAMES) == len(PALETTE) == 4
+
+
+def test_eval_length_and_index_range():
+    assert len(PathfinderDataset("train", length=10, eval_length=3)) == 10
+    assert len(PathfinderDataset("test", length=10, eval_length=3)) == 3
+    with pytest.raises(IndexError):
+        PathfinderDataset("val", length=2)[2]
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_other_sizes(size):
+    image, label = PathfinderDataset("train", length=1, size=size, max_distance=6).generate(0)
+    assert image.shape == (size, size, 3) and label.shape == (size, size)
+
+
+def test_clutter_options():
+    base = PathfinderDataset("train", length=8, size=96, num_distractors=2)
+    ignored = PathfinderDataset(
+        "train", length=8, size=96, num_distractors=2, distractor_label="ignore"
+    )
+    for i in range(8):
+        s, t = base.sample(i), ignored.sample(i)
+        distractor = s.path_id > len(s.classes)
+        assert distractor.any()
+        assert (s.label[distractor] == 0).all() and (t.label[distractor] == IGNORE).all()
+        assert np.array_equal(s.image, t.image)
+    quiet = PathfinderDataset("train", length=1, noise=0.0).sample(0)
+    assert len(np.unique(quiet.image.reshape(-1, 3), axis=0)) <= 5  # flat colours only
+    # Crossings allowed: curves may overlap; shared pixels are ignored, never mislabelled.
+    crossing = PathfinderDataset(
+        "train", length=64, num_paths=3, num_distractors=3, max_distance=10, crossings=True
+    )
+    overlaps = 0
+    for i in range(64):
+        s = crossing.sample(i)
+        overlaps += sum(
+            int(np.abs(a[:, None] - b[None]).max(-1).min() == 0)
+            for j, a in enumerate(s.nodes) for b in s.nodes[j + 1 :]
+        )
+    assert overlaps > 0
+
+
+def test_bad_options_are_reported():
+    with pytest.raises(ValueError, match="split 'dev'"):
+        PathfinderDataset("dev")
+    with pytest.raises(ValueError, match="distractor_label"):
+        PathfinderDataset(distractor_label="other")
+    for option, value in [("width", 8), ("interleave", 0), ("jitter", 3.0), ("size", 16),
+                          ("max_distance", 0), ("cue_size", 13)]:
+        with pytest.raises(ValueError, match=f"dataset.{option}={value}"):
+            PathfinderDataset(**{option: value})
+    with pytest.raises(ValueError, match="cannot lay out"):
+        PathfinderDataset(size=32, max_distance=12, num_paths=3).generate(0)
+    with pytest.raises(ValueError, match="classes"):
+        PathfinderDataset().sample(0, override_classes=[1, 2])
