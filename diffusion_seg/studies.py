@@ -45,11 +45,14 @@ class Run:
     study: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
     status: str = "finished"  # finished, unfinished (no final metrics), or why it stopped
+    common: frozenset[str] = frozenset()  # overrides every run of the report shares
 
     @property
     def setting(self) -> str:
-        """The overrides that define the setting (everything but the seed), sorted."""
-        kept = [o for o in self.overrides if o.split("=", 1)[0].lstrip("+~") not in REPEAT_KEYS]
+        """The overrides that tell this setting from the others (not the seed, not those
+        every run shares), sorted."""
+        kept = [o for o in self.overrides
+                if o.split("=", 1)[0].lstrip("+~") not in REPEAT_KEYS and o not in self.common]
         return " ".join(sorted(kept)) or "(defaults)"
 
     def value(self, key: str) -> str | None:
@@ -124,6 +127,9 @@ def gather(sweep_dirs: Sequence[Path]) -> list[Run]:
             f"the runs belong to different studies ({', '.join(sorted(map(str, names)))}); "
             "report one study at a time"
         )
+    common = frozenset.intersection(*(frozenset(r.overrides) for r in runs)) if len(runs) > 1 else frozenset()
+    for run in runs:
+        run.common = common
     return runs
 
 
@@ -213,6 +219,9 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
               "split in %, mean ± standard deviation over the seeds (n runs).", ""]
     if command:
         lines += ["```", command, "```", ""]
+    common = sorted(o for o in (runs[0].common if runs else ()) if not o.startswith("study="))
+    if common:
+        lines += ["Every run: " + " ".join(f"`{o}`" for o in common), ""]
     has_published = any(r.published is not None for r in rows)
     extra = list(study.get("extra_metrics") or [])
     header = ["setting", "n", *METRICS] + (["published mIoU"] if has_published else []) + extra

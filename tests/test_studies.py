@@ -53,3 +53,42 @@ def test_comparison_rows_use_pdns_recipe(name, head, crf, aux_weight, syncbn):
     assert (cfg.trainer.max_steps, cfg.dataset.crop_size) == (200_000, 321)
     assert cfg.task.inference.crf is crf and cfg.task.aux_weight == aux_weight
     assert (cfg.trainer.get("strategy") == "ddp") is syncbn and cfg.backbone.frozen_bn is not syncbn
+
+
+@pytest.mark.slow
+def test_a_study_runs_and_the_report_matches_its_runs(tmp_path):
+    """2 settings × 2 seeds of the built-in heads study on CPU; report.md's mean ± std and
+    runs.csv equal the runs' own final metrics."""
+    import csv
+    import statistics
+
+    import yaml
+
+    from diffusion_seg.studies import read_run
+
+    from .conftest import run_cli
+
+    run_cli("diffusion_seg.train", "-m", "study=builtin_heads_difficulty", "experiment=pathfinder_fcn",
+            "dataset.max_distance=2,3", "seed=1,2", "dataset.length=16", "dataset.eval_length=8",
+            "dataset.batch_size=8", "trainer.max_epochs=1", "~callbacks.model_summary",
+            log_dir=tmp_path, timeout=600)
+    sweep = next((tmp_path / "studies" / "builtin_heads_difficulty").iterdir())
+    jobs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
+    assert len(jobs) == 4
+    proc = run_cli("diffusion_seg.report", str(sweep), log_dir=tmp_path)
+    assert "4 finished run(s) in 2 setting(s)" in proc.stdout
+    report = (sweep / "report.md").read_text()
+    for distance in (2, 3):
+        runs = [read_run(j) for j in jobs]
+        values = [100 * r.metrics["test/mIoU"] for r in runs if r.value("dataset.max_distance") == str(distance)]
+        assert len(values) == 2
+        row = (f"| `dataset.max_distance={distance}` | 2 | "
+               f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} |")
+        assert row in report, report
+    with open(sweep / "runs.csv") as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    for job in jobs:  # the CSV holds what each run recorded at its end
+        recorded = yaml.safe_load((job / "finished.yaml").read_text())["metrics"] if (job / "finished.yaml").is_file() \
+            else read_run(job).metrics
+        assert float(rows[str(job)]["test/mIoU"]) == pytest.approx(recorded["test/mIoU"])
+    assert (sweep / "report.png").stat().st_size > 5000
