@@ -8,7 +8,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train eval test test-fast bench clean distclean
+.PHONY: help setup train eval test test-fast bench study clean distclean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,10 +18,10 @@ help: ## Show this help
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,prepare]"
+	$(PY) -m pip install --quiet -e ".[dev,prepare,cluster]"
 	@touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv and install the package (editable) with its dev extra
+setup: $(STAMP) ## Create .venv and install the package (editable) with its dev, prepare and cluster extras
 
 train: $(STAMP) ## Train + evaluate the default experiment on the built-in dataset (~3 min on CPU)
 	$(PY) -m diffusion_seg.train experiment=quickstart $(ARGS)
@@ -35,6 +35,9 @@ test: $(STAMP) ## Run the whole test suite (CPU, offline)
 
 test-fast: $(STAMP) ## Run the tests not marked slow
 	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+study: $(STAMP) ## The built-in studies on CPU, 3 seeds (hours on 2 cores): make study ARGS="hydra/launcher=joblib"
+	bash experiments/builtin_studies.sh $(ARGS)
 
 bench: $(STAMP) ## Benchmarks: make bench ARGS="pdn --quick" (pdn | difnet | data)
 	$(PY) -m diffusion_seg.bench $(ARGS)

@@ -98,3 +98,24 @@ def run_cli(module: str, *args: str, log_dir: Path, check: bool = True, timeout:
 
 def run_dirs(log_dir: Path, task: str = "train") -> list[Path]:
     return sorted(p for p in (log_dir / task / "runs").iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="session")
+def trained_pdn(tmp_path_factory) -> tuple[Path, Path]:
+    """A small PDN trained through the CLI with csv + TensorBoard + W&B offline: ``(run dir,
+    last.ckpt)``. Shared by the predict, eval-output, pictures, visualize and export tests."""
+    log_dir = tmp_path_factory.mktemp("pdn_logs")
+    run_cli("diffusion_seg.train", *FAST_TRAIN, "model=pdn", "model.hidden=8", "model.layers=2",
+            "logger=many", log_dir=log_dir)
+    run_dir = run_dirs(log_dir)[0]
+    return run_dir, run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def trained_difnet(tmp_path_factory) -> tuple[Path, Path]:
+    """A small DifNet trained through the CLI with the CSV logger only: ``(run dir, last.ckpt)``."""
+    log_dir = tmp_path_factory.mktemp("difnet_logs")
+    run_cli("diffusion_seg.train", *FAST_TRAIN, "model=difnet", "model.walks=2",
+            "model.psi_channels=16", log_dir=log_dir)
+    run_dir = run_dirs(log_dir)[0]
+    return run_dir, run_dir / "checkpoints" / "last.ckpt"

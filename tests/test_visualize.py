@@ -1,4 +1,5 @@
-"""The DifNet visualisation writes the paper's Fig. 2–4 PNGs for a freshly built tiny model."""
+"""`visualize`: the DifNet maps (Fig. 2–4), PDN's receptive fields with and without its modules
+and per-layer predictions, predictions for any head; from tiny models and trained checkpoints."""
 
 from __future__ import annotations
 
@@ -80,3 +81,92 @@ def test_main_needs_a_checkpoint(tmp_path: Path, capsys) -> None:
         main(["--ckpt", str(tmp_path / "none.ckpt"), "--image", "x.png", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: no checkpoint at {tmp_path / 'none.ckpt'}")
+
+
+# ---------------------------------------------------------------- every head, PDN, the command
+
+from diffusion_seg.cli.visualize import (  # noqa: E402
+    bypass_pdn_modules,
+    figures,
+    mass_area,
+    receptive_field,
+    translate_legacy,
+)
+from diffusion_seg.errors import ConfigError  # noqa: E402
+from diffusion_seg.models.pdn import PDNHead  # noqa: E402
+
+
+def tiny_pdn(modules: int = 1) -> Segmentor:
+    torch.manual_seed(0)
+    head = functools.partial(PDNHead, neighbors=8, layers=2, hidden=8, modules=modules)
+    net = Segmentor(TimmBackbone("test_resnet"), head, 3).eval()
+    with torch.no_grad():  # a trained module writes into the stream (proj_out starts at 0)
+        for m in net.head.pdn:
+            m.proj_out.weight.normal_(0, 1.0)
+    return net
+
+
+def test_pdn_bypass_is_the_network_without_its_modules():
+    net = tiny_pdn(modules=2)  # one module hooked inside the backbone, one on its output
+    x = torch.randn(1, 3, 48, 64)
+    weights = [m.proj_out.weight.clone() for m in net.head.pdn]
+    with torch.no_grad():
+        full = net(x).logits
+        with bypass_pdn_modules(net.head):
+            bypassed = net(x).logits
+            zeroed = all(float(m.proj_out.weight.abs().max()) == 0 for m in net.head.pdn)
+    assert zeroed and not torch.allclose(full, bypassed)
+    assert all(torch.equal(w, m.proj_out.weight) for w, m in zip(weights, net.head.pdn))  # restored
+    rf_with, k = receptive_field(net, x, (3, 4))
+    with bypass_pdn_modules(net.head):
+        rf_without, _ = receptive_field(net, x, (3, 4), class_index=k)
+    assert rf_with.shape == (48, 64) and rf_with.min() >= 0 and not np.allclose(rf_with, rf_without)
+    assert 0 < mass_area(rf_with) <= 1 and mass_area(np.zeros((4, 4))) == 0.0
+    assert mass_area(np.eye(10)) == pytest.approx(0.09)  # 9 of the 10 equal values
+
+
+def test_figures_for_pdn_and_other_heads(tmp_path: Path) -> None:
+    names = {f.name for f in figures(tiny_pdn(), torch.randn(3, 40, 56), tmp_path / "pdn", pixels=[(20, 28)])}
+    assert {"prediction.png", "overlay.png", "predictions.png", "receptive_field.png", "layers.png",
+            "receptive_field_pixel1.png", "receptive_field_pixel1_no_modules.png",
+            "aux_pdn1_layer1.png", "aux_pdn1_layer2.png"} <= names
+    with Image.open(tmp_path / "pdn" / "aux_pdn1_layer2.png") as img:
+        assert img.size == (56, 40)
+    net = Segmentor(TimmBackbone("test_resnet"), DeepLabV2Head, 3)
+    names = {f.name for f in figures(net, torch.randn(3, 32, 40), tmp_path / "dl")}
+    assert names == {"prediction.png", "overlay.png", "predictions.png"}
+
+
+def test_old_flags_become_overrides():
+    assert translate_legacy(["--ckpt", "a.ckpt", "--image=x.png", "--out", "o", "--pixels", "1,2", "3,4",
+                             "device=cpu"]) == [
+        "ckpt_path=a.ckpt", "input=x.png", "output=o", "device=cpu", "pixels=[[1,2],[3,4]]"]
+    with pytest.raises(ConfigError, match="unknown option --bogus; usage: python -m diffusion_seg.visualize ckpt_path="):
+        translate_legacy(["--bogus", "1"])
+
+
+@pytest.mark.slow
+def test_pdn_figures_from_a_trained_checkpoint(trained_pdn, tmp_path: Path, capsys) -> None:
+    _, ckpt = trained_pdn
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(image)
+    assert main([f"ckpt_path={ckpt}", f"input={image}", f"output={tmp_path / 'viz'}", "pixels=[[32,40]]"]) == 0
+    for name in ("receptive_field.png", "receptive_field_pixel1.png", "receptive_field_pixel1_no_modules.png",
+                 "layers.png", "aux_pdn1_layer1.png", "aux_pdn1_layer2.png", "predictions.png"):
+        assert (tmp_path / "viz" / name).is_file(), name
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_difnet_figures_from_a_trained_checkpoint_with_the_old_flags(trained_difnet, tmp_path: Path) -> None:
+    _, ckpt = trained_difnet
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    main(["--ckpt", str(ckpt), "--image", str(folder), "--out", str(tmp_path / "viz"), "--pixels", "10,10"])
+    for name in ("a", "b"):  # a folder: one sub-folder per image
+        out = tmp_path / "viz" / name
+        for png in ("difnet_maps.png", "transitions.png", "importance.png", "walk_2_argmax.png",
+                    "transition_t2_pixel1.png", "predictions.png"):
+            assert (out / png).is_file(), (name, png)

@@ -5,6 +5,11 @@ checkpoint's too, unless ``dataset=<name>`` is given (e.g. to evaluate on anothe
 The ``task`` node (inference, ignore index) is this command's: multi-scale + flip with
 ``task.inference.scales=[0.5,0.75,1.0,1.25,1.5,1.75] task.inference.flip=true``, sliding
 window with ``task.inference.mode=slide``. Paper numbers come from single-device evaluation.
+
+Next to ``metrics.yaml`` in the run dir: ``confusion.csv`` (K×K pixel counts),
+``confusion.png`` (row-normalised, class names), ``confused_pairs.md`` and ``per_class.csv``
+(:func:`diffusion_seg.plots.write_eval_reports`); with ``save_predictions=true`` also every
+image's label PNG and overlay under ``predictions/``, as ``predict`` writes them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.config import instantiate_node, register_resolvers
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.lightning.checkpoint import load_segmentor
+from diffusion_seg.lightning.pictures import PredictionWriter
+from diffusion_seg.plots import write_eval_reports
 
 register_resolvers()
 
@@ -47,10 +54,23 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"on {list(train_cfg.class_names)[:5]}...; evaluate on a dataset with the same classes"
         )
     task = build_task(run_cfg, net, datamodule.class_names, train=False)
-    trainer: L.Trainer = instantiate_node(cfg, "trainer", logger=False, callbacks=[])
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    callbacks: list[L.Callback] = []
+    if cfg.get("save_predictions"):
+        callbacks.append(PredictionWriter(output_dir / "predictions", alpha=cfg.get("overlay_alpha", 0.5)))
+    trainer: L.Trainer = instantiate_node(cfg, "trainer", logger=False, callbacks=callbacks)
     run = trainer.validate if cfg.split == "val" else trainer.test
     results = run(task, datamodule=datamodule)
-    log.info("Run dir: %s", HydraConfig.get().runtime.output_dir)
+    if trainer.is_global_zero and cfg.split in task.confmats:
+        files = write_eval_reports(
+            output_dir, task.confmats[cfg.split], datamodule.class_names,
+            top=cfg.get("confused_pairs", 20),
+            title=f"Confusion matrix, row-normalised ({cfg.split}, {Path(cfg.ckpt_path).name})",
+        )
+        log.info("Confusion matrix and per-class metrics: %s", ", ".join(str(f) for f in files))
+    if callbacks:
+        log.info("Predictions of %d images written to %s", callbacks[0].count, output_dir / "predictions")
+    log.info("Run dir: %s", output_dir)
     return dict(results[0]) if results else {}
 
 

@@ -6,11 +6,20 @@ Examples::
     python -m diffusion_seg.train experiment=pdn_24nb_1m_ade20k     # a paper row
     python -m diffusion_seg.train -m model=fcn,deeplabv2 seed=1,2   # a sweep
     python -m diffusion_seg.train resume=logs/train/runs/2026-11-21_10-00-00  # continue a run
+    python -m diffusion_seg.train -m hydra/launcher=submitit_slurm seed=1,2     # on SLURM
+    python -m diffusion_seg.train hparams_search=pdn_optuna model=pdn           # Optuna search
+
+A run survives: a job dir that holds the job already is skipped (finished) or continued
+(``auto_resume``, :mod:`diffusion_seg.lightning.sweeps`); a stop signal saves ``last.ckpt`` at
+the current step and a non-finite step stops the run (:mod:`diffusion_seg.lightning.safety`).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +28,8 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from diffusion_seg import CONFIG_DIR
@@ -26,9 +37,30 @@ from diffusion_seg.builders import build_backbone, build_datamodule, build_segme
 from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.config import instantiate_node, register_resolvers
-from diffusion_seg.lightning.checkpoint import AtomicCheckpointIO, resolve_checkpoint_path
+from diffusion_seg.errors import ConfigError
+from diffusion_seg.lightning.checkpoint import AtomicCheckpointIO
+from diffusion_seg.lightning.safety import Interrupted, NonFiniteError, RunGuard, cluster_plugins
+from diffusion_seg.lightning.sweeps import RunPlan, plan_run, record_attempt, register_sweep_resolvers, write_finished
 
 register_resolvers()
+register_sweep_resolvers()
+# conf/hydra/launcher/{submitit_slurm,submitit_local,joblib}.yaml carry the plugins' own config
+# names on purpose (README, "Cluster and long runs"); Hydra 1.3 type-checks such a file against
+# the plugin's schema and warns that this matching is deprecated. The files hold every key and
+# their _target_, so they also stand alone where the matching is gone.
+warnings.filterwarnings(
+    "ignore", message=r"\s*'hydra/launcher/(submitit_slurm|submitit_local|joblib)' is validated against ConfigStore"
+)
+# Optuna's SQLite storage logs every alembic plugin it loads at INFO.
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+# Command-line choices that need the `cluster` extra → the module they need.
+CLUSTER_PLUGINS = {
+    "hydra/launcher=submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=submitit_local": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
+    "hparams_search": "hydra_plugins.hydra_optuna_sweeper",
+}
 
 WANDB_ID_FILE = "wandb_run_id.txt"
 
@@ -52,11 +84,18 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, then test the best checkpoint; returns the final metrics."""
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    """Fit, then test the best checkpoint; returns the final metrics (also written to
+    ``finished.yaml``). A job dir that holds this job already is skipped or continued."""
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
     log.info("Run dir: %s", output_dir)
-    # Fail on a missing checkpoint before building anything.
-    ckpt_path = resolve_checkpoint_path(cfg.get("resume"), cfg.get("ckpt_path"), output_dir)
+    # Fails on a missing checkpoint or a dir holding another job, before building anything.
+    plan = plan_run(output_dir, overrides, cfg.get("resume"), cfg.get("ckpt_path"), cfg.get("auto_resume", True))
+    if rank_zero_only.rank == 0:
+        record_attempt(output_dir, overrides, plan)
+    if plan.action == "skip":
+        return skip_finished(plan, output_dir, cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     backbone = build_backbone(cfg)
@@ -73,32 +112,99 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
 
     loggers = build_loggers(cfg, output_dir)
+    guard = RunGuard(output_dir / "checkpoints")
     callbacks = [instantiate_node(cfg, f"callbacks.{k}") for k in cfg.get("callbacks") or {}]
     plugins = [instantiate_node(cfg, f"trainer.plugins.{i}") for i in range(len(cfg.trainer.plugins))]
     trainer: L.Trainer = instantiate_node(
         cfg,
         "trainer",
         logger=loggers or False,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO(), *plugins],
+        callbacks=[*callbacks, guard],
+        plugins=[AtomicCheckpointIO(), *cluster_plugins(), *plugins],
     )
     for lg in loggers:
         if isinstance(lg, WandbLogger) and trainer.is_global_zero:
             (output_dir / WANDB_ID_FILE).write_text(lg.experiment.id)
 
-    if ckpt_path:
-        log.info("Resuming from %s", ckpt_path)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    if plan.ckpt_path:
+        log.info("Resuming from %s (%s)", plan.ckpt_path, plan.reason)
+    else:
+        log.info("Starting from scratch (%s)", plan.reason)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=plan.ckpt_path)
+        guard.stop_if_signalled(trainer, task)  # a signal during the last validation
+    except Interrupted as stop:
+        stopped(stop, output_dir)
+    except SIGTERMException:  # Lightning's own handler (before the guard's were installed)
+        log.warning("Stopped by SIGTERM outside the training steps (Lightning's handler): nothing new saved")
+        raise SystemExit(143) from None
+    except NonFiniteError as err:
+        if trainer.is_global_zero:
+            write_finished(output_dir, overrides, {}, status="diverged", epoch=trainer.current_epoch,
+                           global_step=trainer.global_step, error=str(err))
+        raise
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = scalar_metrics(trainer.callback_metrics)
+    metric = cfg.get("optimized_metric")
+    if metric and metric.startswith("val/") and metric not in metrics:
+        # Resumed from a checkpoint taken after the last epoch: no validation ran this time.
+        log.info("Validating the final weights for %s", metric)
+        for results in trainer.validate(task, datamodule=datamodule, verbose=False):
+            metrics.update(results)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test_after_training"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         log.info("Testing %s", best or "the last weights")
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(results[0] if results else {})
+    if trainer.is_global_zero:
+        write_finished(output_dir, overrides, metrics, epoch=trainer.current_epoch,
+                       global_step=trainer.global_step, best_checkpoint=best)
     log.info("Checkpoints: %s", output_dir / "checkpoints")
     log.info("Run dir: %s", output_dir)
     return metrics
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def skip_finished(plan: RunPlan, output_dir: Path, cfg: DictConfig) -> dict[str, float]:
+    """A job that finished before: its recorded metrics, without building anything."""
+    finished = plan.finished
+    if finished.get("status") == "diverged":
+        raise NonFiniteError(
+            f"this job diverged before (recorded in {output_dir / 'finished.yaml'}; delete that "
+            f"file to train it again): {finished.get('error', '')}"
+        )
+    metrics = {k: float(v) for k, v in (finished.get("metrics") or {}).items()}
+    metric = cfg.get("optimized_metric")
+    value = f", {metric}={metrics[metric]:.4f}" if metric in metrics else ""
+    log.info(
+        "Skipped: this job finished before (epoch %s, step %s%s); returning its recorded metrics "
+        "(auto_resume=false trains it again)",
+        finished.get("epoch"), finished.get("global_step"), value,
+    )
+    return metrics
+
+
+def stopped(stop: Interrupted, output_dir: Path) -> None:
+    """After a stop signal (``last.ckpt`` saved): say how to continue, let submitit requeue
+    the job, exit with 128 + the signal number."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        how = (f"a requeued job continues by itself; else launch the sweep again with "
+               f"hydra.sweep.dir={hydra_cfg.sweep.dir} and the same overrides")
+    else:
+        how = f"resume={output_dir}"
+    if rank_zero_only.rank == 0:
+        log.warning("Stopped: %s. To continue: %s", stop, how)
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None and hasattr(wandb.run, "mark_preempting"):
+            wandb.run.mark_preempting()
+    stop.run_chained_handler()  # submitit's: requeue this job and exit
+    raise SystemExit(stop.exit_code)
 
 
 def finish_wandb() -> None:
@@ -111,19 +217,45 @@ def finish_wandb() -> None:
             wandb.finish()
 
 
+class JobFailed(RuntimeError):
+    """A multirun job that failed on its own (diverged); the other jobs go on."""
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
     print_config(cfg)
     try:
         with user_errors():
-            metrics = train(cfg)
+            try:
+                metrics = train(cfg)
+            except NonFiniteError as err:
+                if HydraConfig.get().mode != RunMode.MULTIRUN:
+                    raise
+                # In a sweep a diverged job fails alone (an Optuna trial: FAIL), the rest go on.
+                log.error("error: %s", err)
+                raise JobFailed(str(err)) from None
     finally:
         finish_wandb()
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
 
 
+def check_cluster_plugins(argv: list[str]) -> None:
+    """A launcher or search named on the command line whose Hydra plugin is not installed
+    stops with the install command (Hydra's own message would be an import error)."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        module = CLUSTER_PLUGINS.get(f"{key}={value}") or (CLUSTER_PLUGINS.get(key) if value and value != "null" else None)
+        if module and importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"{arg} needs the Hydra plugins of the `cluster` extra: pip install -e \".[cluster]\" "
+                "(make setup installs it)"
+            )
+
+
 def main() -> float | None:
+    with user_errors():
+        check_cluster_plugins(sys.argv[1:])
     return hydra_command(_main)
 
 

@@ -139,6 +139,7 @@ class SegmentationDataModule(L.LightningDataModule):
             crop_size, mean, std, scale_range, hflip, photometric
         )
         self.eval_transform = build_eval_transform(mean, std, size_divisor, eval_resize)
+        self.mean, self.std = tuple(mean), tuple(std)  # the normalisation, for tools that undo it
         # albumentations draws from its own generators, seeded from OS entropy unless told:
         # seed them so one `seed` gives one run (workers are re-seeded in seed_worker).
         self.train_transform.set_random_seed(seed)

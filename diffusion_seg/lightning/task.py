@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from diffusion_seg.lightning.checkpoint import CONFIG_KEY
+from diffusion_seg.lightning.safety import FiniteStepGuard
 from diffusion_seg.metrics import SegmentationMetrics, format_table
 from diffusion_seg.models.inference import predict
 from diffusion_seg.models.losses import cross_entropy
@@ -46,6 +47,9 @@ class SegmentationTask(L.LightningModule):
         eval_aux: also evaluate every auxiliary output (PDN's per-layer classifiers, DifNet's
             seed) on val/test: metrics ``val/aux/<name>/mIoU`` and a table each — PDN Table 2
             reports the module output per number of layers. Single-scale whole-image only.
+        nonfinite: what a step whose loss or gradients are not finite does: ``stop`` the run
+            with one line naming the step, the loss terms and the learning rates (nothing is
+            saved from it), or ``skip`` that update (:class:`~diffusion_seg.lightning.safety.FiniteStepGuard`).
         run_config: the resolved run configuration, stored in every checkpoint so a checkpoint
             alone rebuilds the network (:func:`diffusion_seg.lightning.checkpoint.load_segmentor`).
     """
@@ -62,6 +66,7 @@ class SegmentationTask(L.LightningModule):
         inference: dict[str, Any] | None = None,
         channels_last: bool = False,
         eval_aux: bool = False,
+        nonfinite: str = "stop",
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -76,6 +81,7 @@ class SegmentationTask(L.LightningModule):
         self.channels_last = channels_last
         self.eval_aux = eval_aux
         self.run_config = run_config
+        self.step_guard = FiniteStepGuard(nonfinite)
         num_classes = len(self.class_names)
         if num_classes != net.num_classes:
             raise ValueError(f"{num_classes} class names for a {net.num_classes}-class network")
@@ -93,6 +99,8 @@ class SegmentationTask(L.LightningModule):
         # Per-output metrics of the auxiliary classifiers, created at the first evaluation
         # batch (their names are the head's): "<stage>/<aux name>".
         self.aux_metrics = torch.nn.ModuleDict()
+        # stage → K×K confusion matrix of the last val/test epoch (rows: ground truth).
+        self.confmats: dict[str, Tensor] = {}
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
@@ -106,45 +114,69 @@ class SegmentationTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         target = batch["mask"]
+        self.step_guard.before_forward(self.net)
         out = self.net(self._image(batch))
-        loss_main = cross_entropy(out.logits, target, self.ignore_index)
+        # float32 from the logits on (upsampling and loss), also under bf16 autocast.
+        loss_main = cross_entropy(out.logits.float(), target, self.ignore_index)
         loss = loss_main
+        terms = {"loss_main": loss_main}
         batch_size = target.shape[0]
         for name, logits in out.aux.items():
-            loss_aux = cross_entropy(logits, target, self.ignore_index)
+            loss_aux = cross_entropy(logits.float(), target, self.ignore_index)
             loss = loss + self.aux_weight * loss_aux
+            terms[f"loss_aux/{name}"] = loss_aux
             self.log(f"train/loss_aux/{name}", loss_aux, batch_size=batch_size)
         self.log("train/loss_main", loss_main, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.step_guard.record(loss=loss, **terms)
         return loss
 
-    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+    def _logits_fp32(self, image: Tensor) -> Tensor:
+        """Main logits in float32 (bf16 autocast leaves the head's output in bf16): the
+        upsampling, the softmax of multi-scale / flip averaging and the loss see these."""
+        return self.forward(image).float()
+
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> dict[str, Tensor]:
+        """Update the stage's metrics; returns ``{"pred": B×H×W class ids}`` (what the
+        callbacks get as ``outputs``: pictures, prediction files, no second forward pass)."""
         target = batch["mask"]
         image = self._image(batch)
         if self.eval_aux:
             out = self.net(image)
-            scores = predict(lambda _: out.logits, image)
+            scores = predict(lambda _: out.logits.float(), image)
             for name, logits in out.aux.items():
                 key = f"{stage}/{name}"
                 if key not in self.aux_metrics:
                     self.aux_metrics[key] = SegmentationMetrics(
                         len(self.class_names), self.ignore_index
                     ).to(self.device)
-                aux_scores = predict(lambda _, lg=logits: lg, image)
+                aux_scores = predict(lambda _, lg=logits: lg.float(), image)
                 self.aux_metrics[key].update(aux_scores.argmax(1), target)
         else:
-            scores = predict(self.forward, image, **self.inference)
+            rgb = self._rgb(batch) if self.inference.get("crf") else None
+            scores = predict(self._logits_fp32, image, **self.inference, rgb=rgb)
         single_pass = tuple(self.inference.get("scales", (1.0,))) == (1.0,)
-        if single_pass and not self.inference.get("flip", False):  # scores are logits
+        crf = self.inference.get("crf", False)
+        if single_pass and not self.inference.get("flip", False) and not crf:  # scores are logits
             loss = cross_entropy(scores, target, self.ignore_index)
             self.log(f"{stage}/loss", loss, batch_size=target.shape[0], sync_dist=True)
-        self.metrics[stage].update(scores.argmax(1), target)
+        pred = scores.argmax(1)
+        self.metrics[stage].update(pred, target)
+        return {"pred": pred}
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def _rgb(self, batch: dict[str, Any]) -> Tensor:
+        """The batch's images back in RGB 0..255 (the dense CRF's colour kernel), undoing the
+        DataModule's normalisation."""
+        datamodule = self.trainer.datamodule
+        mean = torch.tensor(datamodule.mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(datamodule.std, device=self.device).view(1, 3, 1, 1)
+        return (batch["image"].float() * std + mean).mul(255).clamp(0, 255)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return self._evaluate(batch, "test")
 
     def _report(self, metrics: SegmentationMetrics, prefix: str, title: str) -> dict[str, Tensor]:
         results = metrics.compute()
@@ -161,6 +193,10 @@ class SegmentationTask(L.LightningModule):
         return results
 
     def _report_stage(self, stage: str) -> None:
+        # The dataset-level confusion matrix (summed over processes) of the epoch just ended,
+        # kept for the report files (lightning.pictures.EvalReports, the eval command).
+        with self.metrics[stage].sync_context():
+            self.confmats[stage] = self.metrics[stage].confmat.detach().cpu().clone()
         self._report(self.metrics[stage], stage, f"{stage} metrics")
         for key, metrics in self.aux_metrics.items():
             if key.startswith(f"{stage}/"):
@@ -198,6 +234,10 @@ class SegmentationTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # After backward (and DDP's all-reduce), before clipping and the update.
+        self.step_guard.check(self, optimizer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.run_config

@@ -1,0 +1,246 @@
+"""Callbacks that turn validation / test into pictures and report files.
+
+* :class:`ValidationPictures` (``callbacks.val_pictures``): the first N validation images,
+  their ground truth and the prediction, every epoch, to the active loggers: W&B as
+  ``wandb.Image`` with ``prediction`` / ``ground_truth`` masks, TensorBoard as one image grid,
+  and, when no logger takes images (CSV only), PNGs in ``<run dir>/pictures/epoch<NNN>/``.
+  It reuses the predictions ``validation_step`` returns: no extra forward pass.
+* :class:`EvalReports` (``callbacks.eval_reports``): the confusion-matrix files of
+  :func:`diffusion_seg.plots.write_eval_reports` for the last validation
+  (``<run dir>/eval/val/``, rewritten every validation so the final one stays) and the test
+  pass (``<run dir>/eval/test/``).
+* :class:`PredictionWriter`: label PNGs + overlays of every evaluated image, as ``predict``
+  writes them (``eval save_predictions=true``).
+
+Evaluation batches are padded bottom-right to the output stride (image 0 before
+normalisation, label 255); :func:`valid_size` finds the original size again so pictures and
+files have the image's own size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from PIL import Image
+from torch import Tensor
+
+from diffusion_seg.models.inference import resize_logits
+from diffusion_seg.plots import (
+    IGNORE_INDEX,
+    colorize,
+    overlay,
+    palette_for,
+    save_prediction,
+    side_by_side,
+    stack_rows,
+    write_eval_reports,
+)
+
+log = logging.getLogger(__name__)
+
+
+def normalisation(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation pipeline's mean and std (0..1 scale): from the DataModule's
+    ``eval_transform`` (its ``Normalize`` step), else the backbone's pretraining statistics."""
+    transform = getattr(getattr(trainer, "datamodule", None), "eval_transform", None)
+    for step in getattr(transform, "transforms", []) or []:
+        if type(step).__name__ == "Normalize" and getattr(step, "mean", None) is not None:
+            return np.asarray(step.mean, dtype=np.float32), np.asarray(step.std, dtype=np.float32)
+    backbone = pl_module.net.backbone  # type: ignore[attr-defined]
+    return np.asarray(backbone.mean, dtype=np.float32), np.asarray(backbone.std, dtype=np.float32)
+
+
+def dataset_palette(trainer: L.Trainer, num_classes: int) -> np.ndarray:
+    """The evaluated dataset's class colours, else VOC's colour map."""
+    palette = getattr(getattr(trainer, "datamodule", None), "palette", None)
+    return palette_for(num_classes, palette)
+
+
+def denormalise(image: Tensor, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Normalised ``3×H×W`` → ``H×W×3`` uint8 RGB."""
+    rgb = image.detach().float().cpu().permute(1, 2, 0).numpy() * std + mean
+    return (rgb.clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def valid_size(image: Tensor, mask: Tensor | None, mean: np.ndarray, std: np.ndarray) -> tuple[int, int]:
+    """``(h, w)`` of the image before the evaluation padding: the trailing rows / columns whose
+    pixels all hold the padding value (0 before normalisation) and whose labels are all 255."""
+    pad = torch.as_tensor(-mean / std, dtype=torch.float32, device=image.device)[:, None, None]
+    is_pad = (image.float() - pad).abs().amax(0) < 1e-3
+    if mask is not None:
+        is_pad &= mask == IGNORE_INDEX
+    rows = is_pad.all(1).flip(0).int().cumprod(0).sum()
+    cols = is_pad.all(0).flip(0).int().cumprod(0).sum()
+    height, width = is_pad.shape
+    return max(int(height - rows), 1), max(int(width - cols), 1)
+
+
+def _predictions(outputs: Any) -> Tensor | None:
+    if isinstance(outputs, dict) and isinstance(outputs.get("pred"), Tensor):
+        return outputs["pred"]
+    return None
+
+
+class ValidationPictures(L.Callback):
+    """The first ``num_samples`` validation images with ground truth and prediction, every
+    epoch, to every logger that takes images (see the module docstring).
+
+    Args:
+        num_samples: N, the first N images of the validation set (rank 0's shard under DDP).
+        dirpath: where CSV-only runs write PNGs (default ``<trainer.default_root_dir>/pictures``).
+        alpha: overlay opacity of the class colours.
+    """
+
+    def __init__(self, num_samples: int = 4, dirpath: str | None = None, alpha: float = 0.5) -> None:
+        self.num_samples = int(num_samples)
+        self.dirpath = dirpath
+        self.alpha = alpha
+        self._samples: list[dict[str, Any]] = []
+        self.written: list[Path] = []  # PNGs written (CSV-only runs), for inspection
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._samples = []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if (trainer.sanity_checking or not trainer.is_global_zero or dataloader_idx != 0
+                or len(self._samples) >= self.num_samples):
+            return
+        images, masks = batch["image"], batch.get("mask")
+        wanted = min(len(images), self.num_samples - len(self._samples))
+        pred = _predictions(outputs)
+        if pred is None:  # a step that returns nothing: one forward pass of the wanted images
+            with torch.no_grad():
+                logits = pl_module(images[:wanted])
+            pred = resize_logits(logits, images.shape[-2:]).argmax(1)
+        mean, std = normalisation(trainer, pl_module)
+        names = batch.get("name") or [f"{batch_idx}_{i}" for i in range(len(images))]
+        for i in range(wanted):
+            mask = masks[i] if masks is not None else None
+            h, w = valid_size(images[i], mask, mean, std)
+            self._samples.append({
+                "name": str(names[i]),
+                "rgb": denormalise(images[i], mean, std)[:h, :w],
+                "pred": pred[i, :h, :w].cpu().numpy().astype(np.uint8),
+                "gt": None if mask is None else mask[:h, :w].cpu().numpy().astype(np.uint8),
+            })
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not self._samples:
+            return
+        class_names = list(getattr(pl_module, "class_names", []))
+        palette = dataset_palette(trainer, len(class_names) or 256)
+        step, epoch = trainer.global_step, trainer.current_epoch
+        took_images = False
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self._log_wandb(logger, class_names, step)
+                took_images = True
+            elif isinstance(logger, TensorBoardLogger):
+                grid = stack_rows([self._strip(s, palette) for s in self._samples])
+                logger.experiment.add_image("val/pictures", grid, global_step=step, dataformats="HWC")
+                took_images = True
+        if not took_images:
+            root = Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "pictures"
+            out = root / f"epoch{epoch:03d}"
+            out.mkdir(parents=True, exist_ok=True)
+            for i, sample in enumerate(self._samples):
+                path = out / f"{i:02d}_{Path(sample['name']).name}.png"
+                Image.fromarray(self._strip(sample, palette)).save(path)
+                self.written.append(path)
+        self._samples = []
+
+    def _strip(self, sample: dict[str, Any], palette: np.ndarray) -> np.ndarray:
+        """image | ground truth | prediction | prediction over the image."""
+        parts = [sample["rgb"]]
+        if sample["gt"] is not None:
+            parts.append(colorize(sample["gt"], palette))
+        parts += [colorize(sample["pred"], palette), overlay(sample["rgb"], sample["pred"], palette, self.alpha)]
+        return side_by_side(*parts)
+
+    def _log_wandb(self, logger: WandbLogger, class_names: Sequence[str], step: int) -> None:
+        labels = {i: name for i, name in enumerate(class_names)}
+        gt_labels = {**labels, IGNORE_INDEX: "ignore"}
+        masks = []
+        for sample in self._samples:
+            entry = {"prediction": {"mask_data": sample["pred"], "class_labels": labels}}
+            if sample["gt"] is not None:
+                entry["ground_truth"] = {"mask_data": sample["gt"], "class_labels": gt_labels}
+            masks.append(entry)
+        logger.log_image(
+            key="val/pictures",
+            images=[s["rgb"] for s in self._samples],
+            step=step,
+            masks=masks,
+            caption=[s["name"] for s in self._samples],
+        )
+
+
+class EvalReports(L.Callback):
+    """Confusion-matrix files (:func:`diffusion_seg.plots.write_eval_reports`) of the last
+    validation in ``<dirpath>/val/`` (rewritten after every validation) and of the test pass
+    in ``<dirpath>/test/``; rank 0 writes, from the matrix summed over processes.
+
+    Args:
+        dirpath: default ``<trainer.default_root_dir>/eval``.
+        top: number of most-confused pairs listed.
+    """
+
+    def __init__(self, dirpath: str | None = None, top: int = 20) -> None:
+        self.dirpath = dirpath
+        self.top = top
+
+    def _write(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        confmat = getattr(pl_module, "confmats", {}).get(stage)
+        if trainer.sanity_checking or not trainer.is_global_zero or confmat is None:
+            return
+        root = Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "eval"
+        title = f"{stage}, epoch {trainer.current_epoch}, step {trainer.global_step}"
+        write_eval_reports(root / stage, confmat, pl_module.class_names, self.top,  # type: ignore[arg-type]
+                           title=f"Confusion matrix, row-normalised ({title})")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write("val", trainer, pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write("test", trainer, pl_module)
+
+
+class PredictionWriter(L.Callback):
+    """Every evaluated image's prediction as ``predict`` writes it (``<name>.png`` palette
+    PNG + ``<name>_overlay.jpg``) under ``dirpath``, at the image's size before padding."""
+
+    def __init__(self, dirpath: str | Path, alpha: float = 0.5, overlay: bool = True) -> None:
+        self.dirpath = Path(dirpath)
+        self.alpha = alpha
+        self.overlay = overlay
+        self.count = 0
+
+    def _write(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pred = _predictions(outputs)
+        if trainer.sanity_checking or pred is None:
+            return
+        mean, std = normalisation(trainer, pl_module)
+        palette = dataset_palette(trainer, pl_module.net.num_classes)
+        images, masks = batch["image"], batch.get("mask")
+        names = batch.get("name") or [f"batch{batch_idx:05d}_{i}" for i in range(len(images))]
+        for i in range(len(images)):
+            h, w = valid_size(images[i], None if masks is None else masks[i], mean, std)
+            rgb = denormalise(images[i], mean, std)[:h, :w] if self.overlay else None
+            save_prediction(self.dirpath, str(names[i]), pred[i, :h, :w].cpu().numpy(), palette,
+                            rgb=rgb, alpha=self.alpha)
+            self.count += 1
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._write(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._write(trainer, pl_module, outputs, batch, batch_idx)
