@@ -116,6 +116,25 @@ def _denormalise(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     return (rgb.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
+def _prepare(
+    net: Segmentor,
+    image: Tensor,
+    out_dir: str | Path,
+    palette: np.ndarray | None,
+    class_names: Sequence[str] | None = None,
+) -> tuple[Path, Tensor, tuple[int, int], np.ndarray, list[str]]:
+    """What every figure starts from: the output dir (created), the network in eval mode, the
+    image as a batch on the network's device, its size, the palette and the class names."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net.eval()
+    param = next(net.parameters())
+    batch = (image if image.dim() == 4 else image[None]).to(param.device, param.dtype)
+    palette = voc_colormap(net.num_classes) if palette is None else np.asarray(palette)
+    names = list(class_names) if class_names else [f"class_{k}" for k in range(net.num_classes)]
+    return out_dir, batch, tuple(batch.shape[-2:]), palette, names
+
+
 @torch.no_grad()
 def visualize(
     net: Segmentor,
@@ -141,13 +160,7 @@ def visualize(
         raise ValueError(
             f"visualize needs a DifNet model (model=difnet), got {type(head).__name__}"
         )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    net.eval()
-    param = next(net.parameters())
-    batch = (image if image.dim() == 4 else image[None]).to(param.device, param.dtype)
-    size = tuple(batch.shape[-2:])
-    palette = voc_colormap(net.num_classes) if palette is None else np.asarray(palette)
+    out_dir, batch, size, palette, _ = _prepare(net, image, out_dir, palette)
 
     out = net(batch)
     score = out.extras["score"][0].float()
@@ -244,14 +257,7 @@ def visualize_prediction(
 ) -> list[Path]:
     """``prediction.png``, ``overlay.png``, ``predictions.png`` and ``aux_<name>.png`` for any
     head (see the module docstring)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    net.eval()
-    param = next(net.parameters())
-    batch = (image if image.dim() == 4 else image[None]).to(param.device, param.dtype)
-    size = tuple(batch.shape[-2:])
-    palette = voc_colormap(net.num_classes) if palette is None else np.asarray(palette)
-    names = list(class_names) if class_names else [f"class_{k}" for k in range(net.num_classes)]
+    out_dir, batch, size, palette, names = _prepare(net, image, out_dir, palette, class_names)
     out = net(batch)
     label = predict(lambda _: out.logits.float(), batch)[0].argmax(0).cpu().numpy()
     rgb = _denormalise(batch[0], net.backbone.mean, net.backbone.std)
@@ -338,14 +344,7 @@ def visualize_pdn(
     head = net.head
     if not isinstance(head, PDNHead):
         raise ValueError(f"visualize_pdn needs a PDN model (model=pdn), got {type(head).__name__}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    net.eval()
-    param = next(net.parameters())
-    batch = (image if image.dim() == 4 else image[None]).to(param.device, param.dtype)
-    size = tuple(batch.shape[-2:])
-    palette = voc_colormap(net.num_classes) if palette is None else np.asarray(palette)
-    names = list(class_names) if class_names else [f"class_{k}" for k in range(net.num_classes)]
+    out_dir, batch, size, palette, names = _prepare(net, image, out_dir, palette, class_names)
     rgb = _denormalise(batch[0], net.backbone.mean, net.backbone.std)
     with torch.no_grad():
         out = net(batch)
