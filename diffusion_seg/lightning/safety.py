@@ -29,7 +29,6 @@ shut the workers down.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import threading
@@ -287,18 +286,22 @@ class FiniteStepGuard:
 
     def check(self, module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        loss_ok = all(bool(torch.isfinite(v).all()) for v in self._terms.values())
-        grad_norm = _grad_norm(params)
+        grad_norm_t = _grad_norm(params)
         # Under 16-bit AMP the grad scaler expects inf gradients now and then and skips those
         # steps itself: only the loss is checked there.
         scaler = getattr(getattr(module.trainer, "precision_plugin", None), "scaler", None)
-        grads_ok = scaler is not None or math.isfinite(grad_norm)
-        bad = not (loss_ok and grads_ok)
+        # One flag tensor, one host-device sync per step (not one per loss term).
+        checks = [torch.isfinite(v).all() for v in self._terms.values()]
+        if scaler is None and grad_norm_t is not None:
+            checks.append(torch.isfinite(grad_norm_t).to(checks[0].device if checks else grad_norm_t.device))
+        bad = bool(checks) and not bool(torch.stack(checks).all())
         trainer = module.trainer
         if trainer.world_size > 1:  # the same decision on every rank
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
             return
+        loss_ok = all(bool(torch.isfinite(v).all()) for v in self._terms.values())
+        grad_norm = float(grad_norm_t) if grad_norm_t is not None else 0.0
         what = "loss" if not loss_ok else "gradients"
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in self._terms.items())
         lrs = ", ".join(f"{g.get('name', i)}={g['lr']:.3g}" for i, g in enumerate(optimizer.param_groups))
@@ -320,15 +323,16 @@ class FiniteStepGuard:
                         what, where, numbers, self.skipped)
 
 
-def _grad_norm(params: list[Tensor]) -> float:
+def _grad_norm(params: list[Tensor]) -> Tensor | None:
+    """The global gradient norm as a 0-d tensor (no sync); ``None`` without gradients."""
     if not params:
-        return 0.0
+        return None
     grads = [p.grad.detach() for p in params]
     try:
         norms = torch._foreach_norm(grads)
     except (AttributeError, RuntimeError):  # pragma: no cover - older torch, mixed devices
         norms = [g.norm() for g in grads]
-    return float(torch.linalg.vector_norm(torch.stack([n.float().to(norms[0].device) for n in norms])))
+    return torch.linalg.vector_norm(torch.stack([n.float().to(norms[0].device) for n in norms]))
 
 
 def cluster_plugins() -> list[Any]:

@@ -13,7 +13,7 @@ Decode head on the deepest feature x (C channels, ResNet layer4):
 * dropout(0.1) → 1×1 classifier (with bias).
 
 Plus the FCN auxiliary head on layer3, aux ``"fcn_layer3"``, weight 0.4 in mmseg: set the run's
-global ``task.aux_weight`` (formerly ``loss.aux_weight``) to 0.4 (see
+global ``task.aux_weight`` to 0.4 (see
 :mod:`diffusion_seg.models.pspnet`). The paper's own DeepLabv3 has no auxiliary head and fuses
 the concat with a 1×1 conv; the 3×3 bottleneck and the aux head are mmseg's.
 

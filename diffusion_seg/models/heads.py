@@ -28,7 +28,7 @@ class SegmentationOutput:
     Attributes:
         logits: ``B×K×h×w`` main prediction at feature resolution.
         aux: named ``B×K×h'×w'`` auxiliary logits; each gets a cross-entropy loss weighted
-            by ``loss.aux_weight`` during training (ignored at evaluation).
+            by ``task.aux_weight`` during training (ignored at evaluation).
         extras: named tensors for inspection only (e.g. DifNet's importance map); never in
             a loss.
     """

@@ -12,7 +12,7 @@ Decode head on the deepest feature x (C channels, ResNet layer4):
 Auxiliary head on layer3 (``features[-2]``; the paper's deep supervision after res4b22, Sec. 4):
 3×3 conv-BN-ReLU to 256 → dropout(0.1) → 1×1 classifier, returned as aux ``"fcn_layer3"``. Its
 loss weight is 0.4 in the paper (α, Sec. 5) and in mmseg; here every aux loss uses the run's global
-``task.aux_weight`` (formerly ``loss.aux_weight``), so a PSPNet experiment sets it to 0.4.
+``task.aux_weight``, so a PSPNet experiment sets it to 0.4.
 
 Convs followed by BN have no bias (mmseg's ``ConvModule``), are Kaiming-normal (fan-out, ReLU)
 initialised like mmseg's; the classifiers are N(0, 0.01²) with zero bias (mmseg's ``conv_seg``).
