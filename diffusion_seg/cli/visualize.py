@@ -41,7 +41,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -62,16 +61,14 @@ from diffusion_seg.plots import colorize, heatmap, overlay
 
 
 def colorize_labels(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """``h×w`` class ids → ``h×w×3`` colours."""
-    return np.asarray(palette, dtype=np.uint8)[labels]
+    """``h×w`` class ids → ``h×w×3`` colours (:func:`diffusion_seg.plots.colorize`)."""
+    return colorize(labels, palette)
 
 
 def colorize_scalar(values: np.ndarray) -> np.ndarray:
     """``h×w`` values → ``h×w×3`` viridis colours (perceptually uniform, readable in grey),
-    min..max stretched to the full map."""
-    lo, hi = float(values.min()), float(values.max())
-    t = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    return (matplotlib.colormaps["viridis"](t)[..., :3] * 255).round().astype(np.uint8)
+    min..max stretched to the full map (:func:`diffusion_seg.plots.heatmap`)."""
+    return heatmap(values)
 
 
 def grid_cells(
@@ -193,14 +190,6 @@ def visualize(
             path = out_dir / f"transition_t{t}_pixel{j}.png"
             written.append(_save(colorize_scalar(row), path, size, [marks[j - 1]]))
     return written
-
-
-def load_image(path: str | Path, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """RGB file → normalised ``3×H×W`` float tensor (as the evaluation pipeline does)."""
-    with Image.open(path) as img:
-        rgb = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
-    mean_, std_ = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
-    return (rgb.float() / 255 - mean_) / std_
 
 
 
