@@ -36,11 +36,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.lightning.checkpoint import LAST, resolve_checkpoint_path
+# The completion marker's name: the report command reads what this module writes.
+from diffusion_seg.studies import FINISHED_FILE
 
 log = logging.getLogger("diffusion_seg")
 
 JOB_FILE = "job.yaml"
-FINISHED_FILE = "finished.yaml"
 WORDS = {"skip": "skipped (finished before)", "resume": "resumed", "start": "started"}
 # Overrides that do not change what a job computes: left out when a job dir is matched.
 NEUTRAL_KEYS = ("resume", "ckpt_path", "auto_resume")
