@@ -76,3 +76,11 @@ def test_validation_with_the_dense_crf(tmp_path):
             plain.update(probs.argmax(1), batch["mask"])
     assert results["val/mIoU"] == pytest.approx(float(expected.compute()["mIoU"]), abs=1e-6)
     assert "val/loss" not in results  # the CRF's marginals are not logits
+
+    # Inside fit, validation picks the checkpoint and runs without the CRF (its scores are
+    # logits again, so val/loss is logged); the CRF is post-processing of the final network.
+    fit = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, default_root_dir=tmp_path, max_epochs=1,
+                    limit_train_batches=1, enable_checkpointing=False)
+    fit.fit(build(overrides, tmp_path)[3], datamodule=datamodule)
+    assert "val/loss" in fit.callback_metrics

@@ -153,10 +153,14 @@ class SegmentationTask(L.LightningModule):
                 aux_scores = predict(lambda _, lg=logits: lg.float(), image)
                 self.aux_metrics[key].update(aux_scores.argmax(1), target)
         else:
-            rgb = self._rgb(batch) if self.inference.get("crf") else None
-            scores = predict(self._logits_fp32, image, **self.inference, rgb=rgb)
+            # The CRF is post-processing of the final network (DeepLab-v2 picks its network,
+            # then cross-validates the CRF): validation inside fit, which picks the best
+            # checkpoint, runs without it; test, validate and eval runs with it.
+            crf = bool(self.inference.get("crf")) and self.trainer.state.fn != "fit"
+            rgb = self._rgb(batch) if crf else None
+            scores = predict(self._logits_fp32, image, **{**self.inference, "crf": crf}, rgb=rgb)
         single_pass = tuple(self.inference.get("scales", (1.0,))) == (1.0,)
-        crf = self.inference.get("crf", False)
+        crf = bool(self.inference.get("crf")) and not self.eval_aux and self.trainer.state.fn != "fit"
         if single_pass and not self.inference.get("flip", False) and not crf:  # scores are logits
             loss = cross_entropy(scores, target, self.ignore_index)
             self.log(f"{stage}/loss", loss, batch_size=target.shape[0], sync_dist=True)
