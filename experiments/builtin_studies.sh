@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The built-in studies on CPU (several hours on 2 cores): every head on the synthetic dataset and
-# on the pathfinder benchmark (near/far), PDN layers x neighbours, DifNet walks; 3 seeds each.
-# Add hydra/launcher=joblib hydra.launcher.n_jobs=2 to run two jobs at a time.
+# The CPU miniatures of the built-in studies, 3 seeds each, two jobs at a time (about 1.5 h on
+# 2 cores): every head × the pathfinder knob, PDN layers × neighbours, DifNet walks. Each
+# study's report (report.md, plot, runs.csv) is copied to experiments/reports/<study>/.
+# Extra arguments go to every sweep, e.g. logger=wandb or hydra.launcher.n_jobs=4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for study in builtin_synthetic_heads builtin_heads_difficulty builtin_pdn_layers_neighbors builtin_difnet_walks; do
-  .venv/bin/python -m diffusion_seg.train -m study=$study "$@"
+for study in builtin_heads_difficulty builtin_pdn_layers_neighbors builtin_difnet_walks; do
+  .venv/bin/python -m diffusion_seg.train -m study=$study hydra/launcher=joblib hydra.launcher.n_jobs=2 "$@"
+  sweep=$(ls -d "${DIFFUSION_SEG_LOGS:-logs}"/studies/$study/*/ | sort | tail -n 1)
+  .venv/bin/python -m diffusion_seg.report "$sweep" --out experiments/reports/$study
 done
