@@ -36,7 +36,7 @@ test: $(STAMP) ## Run the whole test suite (CPU, offline)
 test-fast: $(STAMP) ## Run the tests not marked slow
 	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-study: $(STAMP) ## The built-in studies on CPU, 3 seeds (hours on 2 cores): make study ARGS="hydra/launcher=joblib"
+study: $(STAMP) ## The built-in miniature studies on CPU, 3 seeds, reports in experiments/reports (about 1.5 h on 2 cores)
 	bash experiments/builtin_studies.sh $(ARGS)
 
 bench: $(STAMP) ## Benchmarks: make bench ARGS="pdn --quick" (pdn | difnet | data)

@@ -102,6 +102,32 @@ def test_table1_parameter_count(neighbors: int, per_d: int) -> None:
     assert gate_weights(DiffusionModule(32, 3, neighbors=24, hidden=256)) == 307_200
 
 
+@pytest.mark.parametrize("conv", ["channelwise", "full"])
+def test_ring_split_equals_the_fused_convolution_with_gradients(conv: str) -> None:
+    """Both formulations of Eq. 1 give the same gates and the same tap gradients; CPU picks
+    the split from 24NB (E = 2) up."""
+    layer = DiffusionLayer(4, 2, conv=conv).double()
+    h = torch.randn(2, 4 * 3, 7, 6, dtype=torch.float64)
+    results = []
+    for split in (False, True):
+        layer.split_rings = split
+        layer.taps.grad = None
+        z = layer.gates(h)
+        z.square().sum().backward()
+        results.append((z, layer.taps.grad.clone()))
+    torch.testing.assert_close(results[0], results[1])
+    layer.split_rings = None
+    assert layer.gates(h).shape == results[0][0].shape
+    auto = {rings: DiffusionLayer(4, rings) for rings in (1, 2)}
+    calls = []
+    for rings, candidate in auto.items():
+        candidate.ring_kernels = lambda rings=rings, kernels=candidate.ring_kernels: (
+            calls.append(rings) or kernels()
+        )
+        candidate.gates(torch.randn(1, 4 * (rings + 1), 5, 5))
+    assert calls == [2]  # 8NB stays fused on CPU, 24NB splits
+
+
 def test_full_conv_mixes_channels() -> None:
     module = DiffusionModule(8, 3, neighbors=8, layers=2, hidden=6, conv="full")
     assert gate_weights(module) == 2 * 4 * 2 * 9 * 6 * 6
@@ -128,12 +154,16 @@ def test_group_e_filters_are_nonzero_exactly_on_ring_e(rings: int) -> None:
     assert torch.equal(taps, nonzero)
 
 
-@pytest.mark.parametrize("neighbors", [8, 24])
-def test_matches_the_equations_written_out(neighbors: int) -> None:
-    """The fused grouped convolution + gate views equal Eq. 1–3 per LSTM / gate / group
-    (σ for i, f, o; tanh for g), the depth hidden map feeds the aux classifiers and output."""
+@pytest.mark.parametrize("split_rings", [False, True])
+@pytest.mark.parametrize("neighbors", [8, 24, 48])
+def test_matches_the_equations_written_out(neighbors: int, split_rings: bool) -> None:
+    """The fused grouped convolution (or one convolution per ring) + gate views equal
+    Eq. 1–3 per LSTM / gate / group (σ for i, f, o; tanh for g), the depth hidden map feeds
+    the aux classifiers and output."""
     module = DiffusionModule(12, 4, neighbors=neighbors, layers=3, hidden=6).double()
     randomise_(module)
+    for layer in module.layers:
+        layer.split_rings = split_rings
     x = torch.randn(2, 12, 9, 11, dtype=torch.float64)
     out, aux = module(x)
     ref_out, ref_aux = reference_forward(module, x)

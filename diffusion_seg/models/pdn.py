@@ -40,8 +40,10 @@ The convolution is 80 % of the time (its backward alone 60 %); the gate-math var
 (slices, ``unbind`` of the four gates, ``split``) are within noise of each other. The per-ring
 split saves the zero taps' FLOPs and wins 25 % in CPU training at 24NB (none at 8NB) but costs
 E+1 launches and E extra full-size additions per layer; the single fused convolution is kept
-as the GPU-friendly form. On CPU, channels-last speeds up the grouped convolution's forward
-(11 vs 39 ms alone) but slows its backward (oneDNN), so NCHW is the faster training layout.
+as the GPU form; on CPU, from 24NB up, the layer uses the per-ring split
+(``DiffusionLayer.split_rings``; same taps, same result up to summation order). On CPU,
+channels-last speeds up the grouped convolution's forward (11 vs 39 ms alone) but slows its
+backward (oneDNN), so NCHW is the faster training layout.
 
 Placement
 ---------
@@ -120,10 +122,19 @@ class DiffusionLayer(nn.Module):
             the paper's Table 1 count (4·(E+1)·(2E+1)²·d weights per layer); ``"full"`` —
             each gate mixes all d channels of every group (d² per tap), for comparison.
         init_std: std of the Gaussian init of the taps (biases start at 0).
+        split_rings: compute Eq. 1 as one convolution per ring (group e with a (2e+1)² kernel,
+            summed) instead of one fused K×K convolution; ``None``: split on CPU from E = 2
+            (it skips the off-ring zeros' FLOPs: faster CPU training at 24NB, no gain at 8NB),
+            fuse elsewhere (one launch on a GPU).
     """
 
     def __init__(
-        self, hidden: int, rings: int, conv: str = "channelwise", init_std: float = PAPER_INIT_STD
+        self,
+        hidden: int,
+        rings: int,
+        conv: str = "channelwise",
+        init_std: float = PAPER_INIT_STD,
+        split_rings: bool | None = None,
     ) -> None:
         super().__init__()
         if conv not in CONV_TYPES:
@@ -139,6 +150,7 @@ class DiffusionLayer(nn.Module):
         self.taps = nn.Parameter(torch.empty(out_channels, in_per_group, size * size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("tap_index", ring_tap_index(rings), persistent=False)
+        self.split_rings = split_rings
         nn.init.normal_(self.taps, mean=0.0, std=init_std)
 
     def kernel(self) -> Tensor:
@@ -151,10 +163,40 @@ class DiffusionLayer(nn.Module):
         dense = dense.index_copy(2, self.tap_index, self.taps)
         return dense.view(out_channels, in_per_group * lstms, size, size)
 
+    def ring_kernels(self) -> list[Tensor]:
+        """Group e's taps alone as a ``(2e+1)×(2e+1)`` kernel per ring e (zero inside the
+        ring): the per-ring form of :meth:`kernel`. The stored taps are ordered ring by ring,
+        raster order inside a ring, which is also the raster order of the smaller window."""
+        out_channels, in_per_group, _ = self.taps.shape
+        kernels, start = [], 0
+        for e in range(self.rings + 1):
+            size = 2 * e + 1
+            offsets = (torch.arange(size, device=self.taps.device) - e).abs()
+            on_ring = torch.maximum(offsets[:, None], offsets[None, :]).flatten() == e
+            index = on_ring.nonzero().flatten()
+            dense = self.taps.new_zeros(out_channels, in_per_group, size * size)
+            dense = dense.index_copy(2, index, self.taps[:, :, start : start + index.numel()])
+            kernels.append(dense.view(out_channels, in_per_group, size, size))
+            start += index.numel()
+        return kernels
+
+    def gates(self, h: Tensor) -> Tensor:
+        """Eq. 1: the pre-activations of all gates of all E+1 LSTMs, ``B×(4(E+1)d)×h×w``."""
+        split = self.split_rings
+        if split is None:
+            split = h.device.type == "cpu" and self.rings >= 2
+        if not split:  # one (grouped) convolution over all groups with the K×K kernel
+            return F.conv2d(h, self.kernel(), self.bias, padding=self.rings, groups=self.groups)
+        groups = h.unflatten(1, (-1, self.rings + 1))  # [B, channel, group e, h, w]
+        depth, *rings = self.ring_kernels()
+        z = F.conv2d(groups[:, :, 0], depth, self.bias, groups=self.groups)
+        for e, kernel in enumerate(rings, start=1):
+            z = z + F.conv2d(groups[:, :, e], kernel, padding=e, groups=self.groups)
+        return z
+
     def forward(self, h: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         lstms = self.rings + 1
-        # Eq. 1: all gates of all E+1 LSTMs from one (grouped) convolution.
-        z = F.conv2d(h, self.kernel(), self.bias, padding=self.rings, groups=self.groups)
+        z = self.gates(h)
         zi, zf, zo, zg = z.unflatten(1, (self.hidden, 4, lstms)).unbind(2)
         m = m.unflatten(1, (self.hidden, lstms))
         # Eq. 3 with σ for i, f, o and tanh for g (Eq. 1 swaps σ/tanh on g and o: a typo).
