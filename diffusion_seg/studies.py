@@ -46,6 +46,7 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     status: str = "finished"  # finished, unfinished (no final metrics), or why it stopped
     common: frozenset[str] = frozenset()  # overrides every run of the report shares
+    minutes: float | None = None  # wall time of its last attempt (start to completion marker)
 
     @property
     def setting(self) -> str:
@@ -95,6 +96,7 @@ def read_run(job: Path) -> Run:
         marker = _read_yaml(finished) or {}
         run.status = str(marker.get("status", "finished"))  # e.g. a run stopped by a NaN loss
         run.metrics = {k: float(v) for k, v in (marker.get("metrics") or {}).items()}
+        run.minutes = _wall_minutes(job, marker)
     elif (job / "csv" / "metrics.csv").is_file() and (job / "checkpoints" / "last.ckpt").is_file():
         # Runs from before completion markers: the CSV log's test metrics mean it finished.
         run.metrics = _csv_metrics(job / "csv" / "metrics.csv")
@@ -103,6 +105,16 @@ def read_run(job: Path) -> Run:
     else:
         run.status = "unfinished"
     return run
+
+
+def _wall_minutes(job: Path, marker: dict[str, Any]) -> float | None:
+    """Minutes from the last recorded start (``job.yaml``, written by the sweep's auto-resume)
+    to the completion marker; ``None`` for runs without those records."""
+    attempts = (_read_yaml(job / "job.yaml") or {}).get("attempts") if (job / "job.yaml").is_file() else None
+    starts = [a["time"] for a in attempts or [] if a.get("action") == "start" and "time" in a]
+    if not starts or "time" not in marker:
+        return None
+    return (float(marker["time"]) - float(starts[-1])) / 60.0
 
 
 def gather(sweep_dirs: Sequence[Path]) -> list[Run]:
@@ -179,6 +191,9 @@ def aggregate(runs: Sequence[Run], split: str, class_names: Sequence[str] = ()) 
             values = [r.metrics[key] for r in members if key in r.metrics]
             if values:
                 stats[key] = _mean_std(values)
+        minutes = [r.minutes for r in members if r.minutes is not None]
+        if minutes:
+            stats["minutes"] = _mean_std(minutes)
         rows.append(Row(setting, members, stats, _published(published, setting)))
     return rows
 
@@ -224,19 +239,25 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
         lines += ["Every run: " + " ".join(f"`{o}`" for o in common), ""]
     has_published = any(r.published is not None for r in rows)
     extra = list(study.get("extra_metrics") or [])
+    timed = any("minutes" in r.stats for r in rows)
     header = ["setting", "n", *METRICS] + (["published mIoU"] if has_published else []) + extra
+    header += ["wall time, min"] if timed else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [f"`{row.setting}`", str(len(row.runs)), *(_fmt(row.stats.get(m)) for m in METRICS)]
         if has_published:
             cells.append("–" if row.published is None else f"{row.published:.2f}")
         cells += [_fmt_raw(row.stats.get(m)) for m in extra]
+        cells += [_fmt(row.stats.get("minutes"))] if timed else []
         lines.append("| " + " | ".join(cells) + " |")
     published_extra = study.get("published_extra") or {}
     if published_extra:
         cells = ["published", "", *([""] * len(METRICS))] + ([""] if has_published else [])
-        cells += [str(published_extra.get(m, "–")) for m in extra]
+        cells += [str(published_extra.get(m, "–")) for m in extra] + ([""] if timed else [])
         lines.append("| " + " | ".join(cells) + " |")
+    if timed:
+        lines += ["", "Wall time: start to end of each run (training, validation, test, files), "
+                  "as it ran, i.e. beside the other jobs of a parallel launcher."]
     present = [c for c in class_names if any(f"IoU/{c}" in r.stats for r in rows)]
     if present:
         lines += ["", f"## Per-class IoU ({split})", "",
@@ -254,9 +275,10 @@ def write_csv(path: Path, runs: Sequence[Run]) -> None:
     keys = sorted({k for r in runs for k in r.metrics})
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["job", "status", "setting", "seed", *keys])
+        writer.writerow(["job", "status", "setting", "seed", "minutes", *keys])
         for r in runs:
-            writer.writerow([str(r.path), r.status, r.setting, r.value("seed") or "",
+            minutes = "" if r.minutes is None else f"{r.minutes:.2f}"
+            writer.writerow([str(r.path), r.status, r.setting, r.value("seed") or "", minutes,
                              *(r.metrics.get(k, "") for k in keys)])
 
 

@@ -101,3 +101,24 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     make_job(d, 0, ["model=fcn"], None)
     code, _, err = run(capsys, d)
     assert code == 2 and "no run in" in err and "has finished yet" in err
+
+
+def test_wall_time_from_the_last_start_to_the_completion_marker(tmp_path, capsys):
+    """The run's minutes: its last recorded start (a resumed run's earlier attempt does not
+    count) to the completion marker; mean ± std per setting and a CSV column."""
+    sweep = tmp_path / "sweep"
+    for num, (seed, minutes) in enumerate([(1, 3.0), (2, 5.0)]):
+        job = make_job(sweep, num, ["study=toy", "model=pdn", f"seed={seed}"], metrics(0.5), STUDY)
+        attempts = [{"time": 100.0, "action": "start"}, {"time": 1000.0, "action": "start"}]
+        (job / "job.yaml").write_text(yaml.safe_dump({"overrides": [], "attempts": attempts}))
+        marker = yaml.safe_load((job / "finished.yaml").read_text())
+        (job / "finished.yaml").write_text(yaml.safe_dump({**marker, "time": 1000.0 + 60 * minutes}))
+    make_job(sweep, 2, ["study=toy", "model=fcn", "seed=1"], metrics(0.4), STUDY)  # no record
+    assert run(capsys, sweep)[0] == 0
+    report = (sweep / "report.md").read_text()
+    assert "| wall time, min |" in report
+    assert f"| 4.00 ± {statistics.stdev([3.0, 5.0]):.2f} |" in report
+    fcn_row = next(line for line in report.splitlines() if line.startswith("| `model=fcn`"))
+    assert fcn_row.endswith("| – | – |")  # no published number, no start record: no wall time
+    with open(sweep / "runs.csv") as f:
+        assert [r["minutes"] for r in csv.DictReader(f)] == ["3.00", "5.00", ""]
