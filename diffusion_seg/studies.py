@@ -86,11 +86,21 @@ def _csv_metrics(path: Path) -> dict[str, float]:
     return last
 
 
-def read_run(job: Path) -> Run:
-    """One job dir: its overrides, its study and its final metrics (if it finished)."""
+def read_run(job: Path, evaluation: str | None = None) -> Run:
+    """One job dir: its overrides, its study and its final metrics (if it finished); with
+    ``evaluation``, the metrics of a later evaluation of the run instead: the
+    ``metrics.yaml`` that ``python -m diffusion_seg.eval ... hydra.run.dir=<job>/<evaluation>``
+    wrote (e.g. multi-scale, CRF, another split or dataset option)."""
     overrides = _read_yaml(job / ".hydra" / "overrides.yaml") or []
     config = _read_yaml(job / ".hydra" / "config.yaml") or {}
     run = Run(job, [str(o) for o in overrides], dict(config.get("study") or {}))
+    if evaluation is not None:
+        metrics = job / evaluation / "metrics.yaml"
+        if metrics.is_file():
+            run.metrics = {k: float(v) for k, v in (_read_yaml(metrics) or {}).items()}
+        else:
+            run.status = f"not evaluated ({evaluation}/metrics.yaml missing)"
+        return run
     finished = job / FINISHED_FILE
     if finished.is_file():
         marker = _read_yaml(finished) or {}
@@ -117,8 +127,9 @@ def _wall_minutes(job: Path, marker: dict[str, Any]) -> float | None:
     return (float(marker["time"]) - float(starts[-1])) / 60.0
 
 
-def gather(sweep_dirs: Sequence[Path]) -> list[Run]:
-    """Every job of the sweeps; fails on a dir with no job or on runs of different studies."""
+def gather(sweep_dirs: Sequence[Path], evaluation: str | None = None) -> list[Run]:
+    """Every job of the sweeps (metrics from :func:`read_run`); fails on a dir with no job
+    or on runs of different studies."""
     runs: list[Run] = []
     for sweep in sweep_dirs:
         if not sweep.is_dir():
@@ -132,7 +143,7 @@ def gather(sweep_dirs: Sequence[Path]) -> list[Run]:
                 f"{sweep} holds no runs (no <job>/.hydra/overrides.yaml); give the sweep dir "
                 "of a multirun, e.g. logs/train/multiruns/<date>"
             )
-        runs += [read_run(job) for job in jobs]
+        runs += [read_run(job, evaluation) for job in jobs]
     names = {run.study.get("name") for run in runs}
     if len(names) > 1:
         raise ReportError(
@@ -223,15 +234,17 @@ def _fmt_raw(stat: tuple[float, float, int] | None) -> str:
 
 
 def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: Sequence[Path],
-             class_names: Sequence[str], command: str | None = None) -> str:
+             class_names: Sequence[str], command: str | None = None,
+             evaluation: str | None = None) -> str:
     """``report.md``: the settings table, the per-class IoU table, unfinished runs."""
     study = runs[0].study if runs else {}
     title = study.get("name") or "sweep"
     lines = [f"# Study: {title}", ""]
     if study.get("description"):
         lines += [str(study["description"]).strip(), ""]
+    source = f"the evaluation `<job>/{evaluation}/metrics.yaml` of every run" if evaluation else "the runs"
     lines += [f"Runs from {', '.join(f'`{d}`' for d in sweep_dirs)}; metrics of the `{split}` "
-              "split in %, mean ± standard deviation over the seeds (n runs).", ""]
+              f"split from {source} in %, mean ± standard deviation over the seeds (n runs).", ""]
     if command:
         lines += ["```", command, "```", ""]
     common = sorted(o for o in (runs[0].common if runs else ()) if not o.startswith("study="))

@@ -122,3 +122,20 @@ def test_wall_time_from_the_last_start_to_the_completion_marker(tmp_path, capsys
     assert fcn_row.endswith("| – | – |")  # no published number, no start record: no wall time
     with open(sweep / "runs.csv") as f:
         assert [r["minutes"] for r in csv.DictReader(f)] == ["3.00", "5.00", ""]
+
+
+def test_report_of_a_re_evaluation_of_every_run(tmp_path, capsys):
+    """--eval NAME: the metrics eval wrote into <job>/NAME/metrics.yaml replace the runs'
+    own; a run without that file is listed as not evaluated."""
+    sweep = tmp_path / "sweep"
+    for seed, miou in ((1, 0.30), (2, 0.40)):
+        job = make_job(sweep, seed, ["study=toy", "model=pdn", f"seed={seed}"], metrics(0.9), STUDY)
+        (job / "far").mkdir()
+        (job / "far" / "metrics.yaml").write_text(yaml.safe_dump(metrics(miou)))
+    make_job(sweep, 3, ["study=toy", "model=pdn", "seed=3"], metrics(0.9), STUDY)
+    code, out, _ = run(capsys, sweep, "--eval", "far")
+    assert code == 0 and "2 finished run(s) in 1 setting(s), 1 unfinished" in out
+    report = (sweep / "report.md").read_text()
+    assert f"| 35.00 ± {statistics.stdev([30.0, 40.0]):.2f} |" in report
+    assert "evaluation `<job>/far/metrics.yaml`" in report
+    assert "- not evaluated (far/metrics.yaml missing): `" in report

@@ -10,7 +10,8 @@ Writes into the (first) sweep dir, or ``--out``:
 * ``runs.csv``: every run and every metric it logged.
 
 Offline: reads what the runs wrote (``finished.yaml`` or ``csv/metrics.csv`` and
-``.hydra/``). ``--wandb`` also logs the table to the sweep's W&B group (offline works).
+``.hydra/``), or with ``--eval NAME`` what ``python -m diffusion_seg.eval`` wrote for every
+run into ``<job>/NAME/`` (a re-evaluation: multi-scale, CRF, another dataset option). ``--wandb`` also logs the table to the sweep's W&B group (offline works).
 """
 
 from __future__ import annotations
@@ -56,11 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", choices=("val", "test"), default=None,
                         help="metrics of this split (default: test if every run has it, else val)")
     parser.add_argument("--out", type=Path, default=None, help="output dir (default: the first sweep dir)")
+    parser.add_argument("--eval", default=None, metavar="NAME",
+                        help="metrics of a later evaluation of every run instead of its own: "
+                             "<job>/NAME/metrics.yaml, written by python -m diffusion_seg.eval "
+                             "... hydra.run.dir=<job>/NAME")
     parser.add_argument("--wandb", action="store_true", help="also log the table to the sweep's W&B group")
     parser.add_argument("--project", default="diffusion-seg", help="W&B project (with --wandb)")
     args = parser.parse_args(argv)
     with user_errors():
-        runs = gather(args.sweeps)
+        runs = gather(args.sweeps, args.eval)
         split = pick_split(runs, args.split)
         finished = [r for r in runs if r.status == "finished"]
         if not finished:
@@ -71,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out or args.sweeps[0]
         out.mkdir(parents=True, exist_ok=True)
         command = runs[0].study.get("command")
-        (out / "report.md").write_text(markdown(rows, runs, split, args.sweeps, class_names, command))
+        (out / "report.md").write_text(markdown(rows, runs, split, args.sweeps, class_names, command, args.eval))
         plot(out / "report.png", rows, runs[0].study.get("knob"))
         write_csv(out / "runs.csv", runs)
         if args.wandb:
