@@ -39,7 +39,7 @@ test-fast: $(STAMP) ## Run the tests not marked slow
 study: $(STAMP) ## The built-in miniature studies on CPU, 3 seeds, reports in experiments/reports (about 1.5 h on 2 cores)
 	bash experiments/builtin_studies.sh $(ARGS)
 
-bench: $(STAMP) ## Benchmarks: make bench ARGS="pdn --quick" (pdn | difnet | data)
+bench: $(STAMP) ## Benchmarks: make bench ARGS="train --quick" (pdn | difnet | train | gpu | data); make bench ARGS="gpu" on a CUDA machine
 	$(PY) -m diffusion_seg.bench $(ARGS)
 
 clean: ## Remove run logs and caches (keeps .venv)

@@ -12,7 +12,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_seg.config import as_config_error, instantiate_node, unknown_option_error
+from diffusion_seg.errors import ConfigError
 from diffusion_seg.models.backbone import TimmBackbone
+from diffusion_seg.models.compile import check_compile_options, compile_network
 from diffusion_seg.models.segmentor import Segmentor
 
 
@@ -37,6 +39,22 @@ def build_segmentor(
         raise unknown_option_error("model", getattr(head_factory, "func", head_factory), err) from err
     except ValueError as err:
         raise as_config_error("model", err) from err
+
+
+def compile_from_config(cfg: DictConfig, net: Segmentor) -> Segmentor:
+    """``torch.compile`` ``net`` in place when ``compile=true`` (train, eval and predict), with
+    ``compile_mode``, ``compile_backend`` and ``compile_debug``
+    (:func:`diffusion_seg.models.compile.compile_network`). The options are checked either way,
+    so a typo fails at once, not on the day compile is switched on."""
+    mode = str(cfg.get("compile_mode", "default"))
+    backend = str(cfg.get("compile_backend", "inductor"))
+    try:
+        check_compile_options(mode, backend)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.get("compile", False):
+        compile_network(net, mode, backend, debug=bool(cfg.get("compile_debug", False)))
+    return net
 
 
 def build_datamodule(cfg: DictConfig, backbone: TimmBackbone) -> Any:

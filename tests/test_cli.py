@@ -81,6 +81,20 @@ def test_eval_reads_network_from_checkpoint(first_run, tmp_path):
         assert metrics[key] == pytest.approx(float(logged[key]), abs=1e-6), key
 
 
+def test_eval_changes_one_option_of_the_checkpoints_dataset(first_run, tmp_path):
+    """+dataset.<key>=<value> merges into the checkpoint's dataset (other images here), and a
+    misspelt key is named with the checkpoint's dataset class."""
+    _, run_dir, _ = first_run
+    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    run_cli("diffusion_seg.eval", ckpt, "+dataset.sample_seed=5", log_dir=tmp_path)
+    metrics = yaml.safe_load(next((tmp_path / "eval" / "runs").glob("*/metrics.yaml")).read_text())
+    logged = [r for r in read_metrics(run_dir) if r.get("val/mIoU")][-1]
+    assert metrics["val/mIoU"] != pytest.approx(float(logged["val/mIoU"]), abs=1e-6)
+    proc = run_cli("diffusion_seg.eval", ckpt, "+dataset.lenght=3", log_dir=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "dataset.lenght is not an option of SyntheticContextDataset" in proc.stderr
+
+
 def test_multirun_gives_each_job_its_own_dir_and_wandb_run(tmp_path):
     run_cli("diffusion_seg.train", "-m", "model=fcn,deeplabv2", *FAST_TRAIN, "logger=wandb",
             "test_after_training=false", log_dir=tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("pdn", "difnet", "data")
+BENCHMARKS = ("pdn", "difnet", "train", "gpu", "data")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,12 +13,15 @@ training step at a large input.
    total of Sim-DeepLab-101 at 505×505 (random weights: timing only).
 3. ``--train-step S``: one SGD step of a whole DifNet at S×S input (loss, backward, step).
 
-Every measured case runs in its own subprocess, so one case's allocations cannot hide
-another's peak. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory
-held before the case; on CPU the growth of the process's peak resident set (``ru_maxrss``)
-over its value right before the case (inputs already allocated) — what the case added to
+Time: the cases compared in a table (dense and attention of one grid and pass; the Table-4
+parts and Sim-DeepLab; the two training steps) are built in one process and timed in
+interleaved rounds (``diffusion_seg.bench.common.interleave``): times are medians over the
+rounds, ratios are per-round ratios, median [min–max]. Peak memory: on CUDA
+``torch.cuda.max_memory_allocated`` over one pass minus the memory held before it; on CPU each
+case in a fresh process, the growth of its peak resident set over a warm-up and one pass
+above the resident set right before them (inputs already allocated) — what the case added to
 the high-water mark; the smallest cases carry some tens of MB of allocator and thread-pool
-noise.
+noise. Table 4 reports times only (its parts share one network).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from diffusion_seg.bench.common import child_main, measure, run_case
+from diffusion_seg.bench.common import Measured, benchmark, fmt_ratio, interleave, measure
 
 GRIDS_CPU = (41, 64, 96, 128, 160, 192)
 GRIDS_CUDA = (41, 64, 96, 128, 160, 192, 256, 320, 384, 512)
@@ -50,13 +53,25 @@ def _measure(fn: Callable[[], None], spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _diffusion_case(spec: dict[str, Any]) -> dict[str, Any]:
+    """One diffusion case measured alone (warm-up + ``spec["repeats"]`` runs)."""
+    return _measure(build_diffusion(spec), spec)
+
+
+def _train_case(spec: dict[str, Any]) -> dict[str, Any]:
+    """One training step measured alone (warm-up + ``spec["repeats"]`` runs)."""
+    return _measure(build_train(spec), spec)
+
+
+def build_diffusion(spec: dict[str, Any]) -> Callable[[], None]:
+    """The diffusion stage alone (T walks on given Ψ_t and seed): ``spec["mode"]`` dense |
+    attention, ``backward``, ``grid``."""
     import torch
 
     from diffusion_seg.models.difnet import RandomWalk, cascade
 
     torch.manual_seed(0)
     device, n, backward = spec["device"], spec["grid"] ** 2, spec["backward"]
-    # Ψ comes out of BatchNorm: unit-variance channels. On CUDA in the autocast dtype.
+    # Ψ comes out of BatchNorm: unit-variance channels, in the autocast dtype.
     dtype = getattr(torch, spec["dtype"])
     psis = [
         torch.randn(spec["batch"], n, spec["psi_channels"], device=device, dtype=dtype)
@@ -77,10 +92,11 @@ def _diffusion_case(spec: dict[str, Any]) -> dict[str, Any]:
             with torch.no_grad():
                 cascade(walks, seed, psis, spec["mode"])
 
-    return _measure(run, spec)
+    return run
 
 
-def _train_case(spec: dict[str, Any]) -> dict[str, Any]:
+def build_train(spec: dict[str, Any]) -> Callable[[], None]:
+    """One SGD step of a whole DifNet (``spec["backbone"]``, ``mode``) at ``size``²."""
     import functools
 
     import torch
@@ -97,19 +113,23 @@ def _train_case(spec: dict[str, Any]) -> dict[str, Any]:
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     image = torch.randn(spec["batch"], 3, size, size, device=device)
     target = torch.randint(0, spec["classes"], (spec["batch"], size, size), device=device)
-    autocast = device.startswith("cuda") and spec["dtype"] == "bfloat16"
+    autocast = spec["dtype"] == "bfloat16"
 
     def run() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
             loss = cross_entropy(net(image).logits, target)
         loss.backward()
         optimizer.step()
 
-    return _measure(run, spec)
+    return run
 
 
-def _table4_case(spec: dict[str, Any]) -> dict[str, Any]:
+def table4_cases(spec: dict[str, Any]) -> dict[str, Callable[[], object]]:
+    """Table 4's parts of a DifNet (``difnet_backbone``) and a whole Sim-DeepLab
+    (``baseline_backbone``) at inference: name → call. The parts share the network and pass
+    their results on (seed → similarity → diffusion), so the first calls must go in this
+    order; afterwards any order times the same work."""
     import torch
 
     from diffusion_seg.models.backbone import TimmBackbone
@@ -119,7 +139,7 @@ def _table4_case(spec: dict[str, Any]) -> dict[str, Any]:
 
     torch.manual_seed(0)
     device, size = spec["device"], spec["size"]
-    autocast = device.startswith("cuda") and spec["dtype"] == "bfloat16"
+    kind, autocast = device.split(":")[0], spec["dtype"] == "bfloat16"
     image = torch.randn(1, 3, size, size, device=device)
     difnet = Segmentor(TimmBackbone(spec["difnet_backbone"]), DifNetHead, spec["classes"])
     difnet = difnet.to(device).eval()
@@ -136,38 +156,52 @@ def _table4_case(spec: dict[str, Any]) -> dict[str, Any]:
     def diffusion_part() -> None:
         head.diffuse(stash["seed"].flatten(2).transpose(1, 2), stash["psis"])
 
-    parts: dict[str, Callable[[], None]] = {
-        "seed": seed_part,
-        "similarity": similarity_part,
-        "diffusion": diffusion_part,
-        "total": lambda: difnet(image),
+    def under(fn: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            with torch.no_grad(), torch.autocast(kind, dtype=torch.bfloat16, enabled=autocast):
+                return fn()
+
+        return call
+
+    baseline = Segmentor(
+        TimmBackbone(spec["baseline_backbone"]), DeepLabV2Head, spec["classes"]
+    ).to(device).eval()
+    return {
+        name: under(fn) for name, fn in (
+            ("seed", seed_part),
+            ("similarity", similarity_part),
+            ("diffusion", diffusion_part),
+            ("total", lambda: difnet(image)),
+            ("baseline", lambda: baseline(image)),
+        )
     }
-    results = {}
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        for name, fn in parts.items():
-            results[name] = _measure(fn, spec)
-        del difnet, head, stash
-        baseline = Segmentor(
-            TimmBackbone(spec["baseline_backbone"]), DeepLabV2Head, spec["classes"]
-        ).to(device).eval()
-        results["baseline"] = _measure(lambda: baseline(image), spec)
-    return results
 
 
-CASES = {"diffusion": _diffusion_case, "train": _train_case, "table4": _table4_case}
+def table4(args: argparse.Namespace, base: dict[str, Any]) -> tuple[dict[str, Measured], str, str]:
+    """Interleaved times of Table 4's rows (ratios to Sim-DeepLab's total); the two backbones."""
+    difnet_bb, baseline_bb = args.table4_backbones or (
+        ("resnet18", "resnet34") if args.quick else ("resnet50", "resnet101"))
+    spec = {**base, "size": args.table4_size, "difnet_backbone": difnet_bb,
+            "baseline_backbone": baseline_bb}
+    results = interleave(table4_cases(spec), args.rounds, args.device, baseline="baseline",
+                         max_seconds=args.max_seconds)
+    return results, difnet_bb, baseline_bb
 
 
 # -------------------------------------------------------------------------- parent side
 
 
-def _fmt_time(result: dict[str, Any]) -> str:
-    return result["error"] if "error" in result else f"{result['median'] * 1e3:.1f} ms"
+def _fmt_time(result: Measured) -> str:
+    if not result.ok:
+        return result.error or "–"
+    t = result.median
+    return f"{t:.2f} s" if t >= 1 else f"{t * 1e3:.1f} ms"
 
 
-def _fmt_mem(result: dict[str, Any]) -> str:
-    if "error" in result:
+def _fmt_mem(result: Measured) -> str:
+    if result.peak is None:
         return "–"
-    mb = result["peak"] / 2**20
+    mb = result.peak / 2**20
     return f"{mb / 1024:.2f} GB" if mb >= 1024 else f"{mb:.1f} MB"
 
 
@@ -177,52 +211,47 @@ def _diffusion_table(args: argparse.Namespace, base: dict[str, Any]) -> None:
           f"Ψ width {args.psi_channels}, batch {args.batch}, {args.device}, Ψ in {args.dtype} "
           "(dense: float32)\n")
     print("| grid | N | input (OS 8) | pass | dense time | dense peak | attention time | "
-          "attention peak | memory ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "attention peak | time ratio | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     dense_failed = {False: False, True: False}
     for grid in grids:
         for backward in (False, True):
-            row: dict[str, dict[str, Any]] = {}
-            for mode in MODES:
-                spec = {**base, "kind": "diffusion", "grid": grid, "mode": mode,
-                        "backward": backward}
-                estimate = dense_bytes(grid, args.walks, backward)
-                if mode == "dense" and dense_failed[backward]:
-                    row[mode] = {"error": "skipped (OOM at a smaller grid)"}
-                elif mode == "dense" and not args.cuda and estimate > args.mem_limit_gb * 2**30:
-                    row[mode] = {"error": f"OOM-guard (est. {estimate / 2**30:.1f} GB)"}
-                else:
-                    row[mode] = run_case("diffusion_seg.bench.difnet", spec, args.timeout)
-                if mode == "dense" and "error" in row[mode]:
-                    dense_failed[backward] = True
+            specs = {mode: {**base, "grid": grid, "mode": mode, "backward": backward}
+                     for mode in MODES}
+            estimate = dense_bytes(grid, args.walks, backward)
+            errors = {}
+            if dense_failed[backward]:
+                errors["dense"] = "skipped (OOM at a smaller grid)"
+            elif not args.cuda and estimate > args.mem_limit_gb * 2**30:
+                errors["dense"] = f"OOM-guard (est. {estimate / 2**30:.1f} GB)"
+            row = benchmark(build_diffusion, specs, device=args.device, rounds=args.rounds,
+                            baseline="dense", memory=not args.no_memory, timeout=args.timeout,
+                            max_seconds=args.max_seconds, errors=errors)
             dense, attn = row["dense"], row["attention"]
-            measured = "error" not in dense and "error" not in attn and dense["peak"] > 0
-            ratio = f"{attn['peak'] / dense['peak']:.3f}" if measured else "–"
+            dense_failed[backward] = dense_failed[backward] or not dense.ok
+            measured = dense.peak and attn.peak is not None
+            memory = f"{attn.peak / dense.peak:.3f}" if measured else "–"
             print(f"| {grid}×{grid} | {grid * grid} | {8 * grid - 7}–{8 * grid} | "
                   f"{'fwd+bwd' if backward else 'fwd'} | {_fmt_time(dense)} | {_fmt_mem(dense)} | "
-                  f"{_fmt_time(attn)} | {_fmt_mem(attn)} | {ratio} |", flush=True)
+                  f"{_fmt_time(attn)} | {_fmt_mem(attn)} | {fmt_ratio(attn)} | {memory} |",
+                  flush=True)
     method = " ".join(__doc__.split("Peak memory: ")[1].split("\n\n")[0].split())
-    print(f"\nMemory ratio = attention peak / dense peak. Peak memory: {method}")
+    print("\nTime ratio = attention / dense time per interleaved round, median [min–max]; "
+          f"memory ratio = attention peak / dense peak. Peak memory: {method}")
 
 
 def _table4(args: argparse.Namespace, base: dict[str, Any]) -> None:
-    size = 505
-    difnet_bb, baseline_bb = ("resnet18", "resnet34") if args.quick else ("resnet50", "resnet101")
-    spec = {**base, "kind": "table4", "size": size, "difnet_backbone": difnet_bb,
-            "baseline_backbone": baseline_bb, "repeats": max(1, min(args.repeats, 3))}
-    result = run_case("diffusion_seg.bench.difnet", spec, args.timeout * 4)
-    print(f"\n## Table 4: inference at {size}×{size}, batch 1, {args.device} "
-          f"(paper: GTX 1080, DifNet-50 seed 18 / similarity 15 / diffusion 6 ms, "
-          f"Sim-DeepLab-101 36 ms)\n")
-    if "error" in result:
-        print(f"failed: {result['error']}")
-        return
+    results, difnet_bb, baseline_bb = table4(args, base)
+    print(f"\n## Table 4: inference at {args.table4_size}×{args.table4_size}, batch 1, "
+          f"{args.device} {args.dtype} (paper: GTX 1080, DifNet-50 seed 18 / similarity 15 / "
+          "diffusion 6 ms, Sim-DeepLab-101 36 ms)\n")
     # Times only: the parts share one process, so their memory peaks are not separable.
-    print("| model | part | time |")
-    print("|---|---|---|")
+    print("| model | part | time | × Sim-DeepLab |")
+    print("|---|---|---|---|")
     for part in ("seed", "similarity", "diffusion", "total"):
-        print(f"| DifNet ({difnet_bb}) | {part} | {_fmt_time(result[part])} |")
-    print(f"| Sim-DeepLab ({baseline_bb}) | total | {_fmt_time(result['baseline'])} |")
+        print(f"| DifNet ({difnet_bb}) | {part} | {_fmt_time(results[part])} | "
+              f"{fmt_ratio(results[part])} |")
+    print(f"| Sim-DeepLab ({baseline_bb}) | total | {_fmt_time(results['baseline'])} | – |")
 
 
 def _train_table(args: argparse.Namespace, base: dict[str, Any]) -> None:
@@ -230,33 +259,36 @@ def _train_table(args: argparse.Namespace, base: dict[str, Any]) -> None:
     grid = -(-size // 8)
     print(f"\n## Training step at {size}×{size} (DifNet on {args.train_backbone}, "
           f"batch {args.batch}, K={args.classes}, {args.device}; seed grid {grid}×{grid})\n")
-    print("| diffusion | step time | peak memory |")
-    print("|---|---|---|")
-    for mode in ("attention", "dense"):
-        estimate = dense_bytes(grid, args.walks, True)
-        if mode == "dense" and not args.cuda and estimate > args.mem_limit_gb * 2**30:
-            result = {"error": f"OOM-guard (diffusion alone est. {estimate / 2**30:.1f} GB)"}
-        else:
-            spec = {**base, "kind": "train", "size": size, "mode": mode,
-                    "backbone": args.train_backbone, "repeats": max(1, min(args.repeats, 2))}
-            result = run_case("diffusion_seg.bench.difnet", spec, args.timeout * 4)
-        print(f"| {mode} | {_fmt_time(result)} | {_fmt_mem(result)} |", flush=True)
+    print("| diffusion | step time | × attention | peak memory |")
+    print("|---|---|---|---|")
+    estimate = dense_bytes(grid, args.walks, True)
+    errors = {}
+    if not args.cuda and estimate > args.mem_limit_gb * 2**30:
+        errors["dense"] = f"OOM-guard (diffusion alone est. {estimate / 2**30:.1f} GB)"
+    specs = {mode: {**base, "size": size, "mode": mode, "backbone": args.train_backbone}
+             for mode in ("attention", "dense")}
+    results = benchmark(build_train, specs, device=args.device,
+                        rounds=max(1, min(args.rounds, 2)), baseline="attention",
+                        memory=not args.no_memory, timeout=args.timeout * 4,
+                        max_seconds=args.max_seconds, errors=errors)
+    for mode, result in results.items():
+        print(f"| {mode} | {_fmt_time(result)} | {fmt_ratio(result)} | {_fmt_mem(result)} |",
+              flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m diffusion_seg.bench difnet", description=__doc__.split("\n\n")[0]
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                         help="Ψ / autocast dtype of the attention path "
                              "(default: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median)")
+    parser.add_argument("--rounds", "--repeats", type=int, default=3, dest="rounds",
+                        help="interleaved timed rounds (median and spread over them)")
     parser.add_argument("--max-seconds", type=float, default=30.0,
-                        help="stop repeating a case after this long (at least one timed run)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="per case, seconds")
+                        help="stop adding rounds to a comparison after this long (at least one)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="per memory case, seconds")
+    parser.add_argument("--no-memory", action="store_true", help="time only")
     parser.add_argument("--quick", action="store_true",
-                        help="grids 41 and 64, one repeat, small Table-4 backbones")
+                        help="grids 41 and 64, one round, small Table-4 backbones")
     parser.add_argument("--grids", type=int, nargs="*", default=None, help="seed grid sides")
     parser.add_argument("--walks", type=int, default=5)
     parser.add_argument("--classes", type=int, default=21)
@@ -267,23 +299,39 @@ def main(argv: list[str] | None = None) -> None:
                         help="CPU: skip dense cases whose N×N estimate exceeds this")
     parser.add_argument("--no-diffusion", action="store_true", help="skip the diffusion table")
     parser.add_argument("--no-table4", action="store_true", help="skip the Table-4 timing")
+    parser.add_argument("--table4-size", type=int, default=505, help="Table 4's input side")
+    parser.add_argument("--table4-backbones", nargs=2, default=None, metavar=("DIFNET", "SIMDEEPLAB"),
+                        help="Table 4's backbones (default resnet50 resnet101; --quick: "
+                             "resnet18 resnet34)")
     parser.add_argument("--train-step", type=int, default=0, metavar="SIZE",
                         help="also time one training step at SIZE×SIZE input")
     parser.add_argument("--train-backbone", default="resnet18")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child_main(lambda spec: CASES[spec["kind"]](spec), args.child)
-        return
+
+
+def finish_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Defaults that depend on other options; the base spec of every case."""
     args.cuda = args.device.startswith("cuda")
     args.dtype = args.dtype or ("bfloat16" if args.cuda else "float32")
     if args.quick:
-        args.repeats = 1
-    base = {"device": args.device, "dtype": args.dtype, "repeats": args.repeats,
+        args.rounds = 1
+    return {"device": args.device, "dtype": args.dtype, "repeats": args.rounds,
             "max_seconds": args.max_seconds, "walks": args.walks, "classes": args.classes,
             "psi_channels": args.psi_channels, "batch": args.batch, "threads": args.threads}
-    print(f"# DifNet benchmark ({args.device}, median of up to {args.repeats} runs after a "
-          "warm-up; each case in a fresh process)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m diffusion_seg.bench difnet", description=__doc__.split("\n\n")[0]
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    base = finish_arguments(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(f"# DifNet benchmark ({args.device}, median of up to {args.rounds} interleaved rounds "
+          "after a warm-up; memory: each case in a fresh process on CPU)")
     if not args.no_diffusion:
         _diffusion_table(args, base)
     if not args.no_table4:

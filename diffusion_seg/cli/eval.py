@@ -1,7 +1,9 @@
 """Evaluate a checkpoint: ``python -m diffusion_seg.eval ckpt_path=<file.ckpt> [overrides]``.
 
 The network is rebuilt from the config stored in the checkpoint. The dataset is the
-checkpoint's too, unless ``dataset=<name>`` is given (e.g. to evaluate on another root).
+checkpoint's too, unless ``dataset=<name>`` is given (e.g. to evaluate on another root);
+``+dataset.<key>=<value>`` changes one option of the checkpoint's dataset (e.g.
+``+dataset.ignore_near=4``: the pathfinder's far pixels only).
 The ``task`` node (inference, ignore index) is this command's: multi-scale + flip with
 ``task.inference.scales=[0.5,0.75,1.0,1.25,1.5,1.75] task.inference.flip=true``, sliding
 window with ``task.inference.mode=slide``. Paper numbers come from single-device evaluation.
@@ -22,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_seg import CONFIG_DIR
-from diffusion_seg.builders import build_datamodule, build_task
+from diffusion_seg.builders import build_datamodule, build_task, compile_from_config
 from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.config import instantiate_node, register_resolvers
@@ -42,11 +44,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"split={cfg.split!r} is invalid; allowed: {list(VALID_SPLITS)}")
     L.seed_everything(cfg.seed, workers=True)
     net, train_cfg = load_segmentor(cfg.ckpt_path)
+    compile_from_config(cfg, net)
     run_cfg = train_cfg.copy()
     with open_dict(run_cfg):
         run_cfg.task = cfg.task
-        if cfg.get("dataset") is not None:
-            run_cfg.dataset = cfg.dataset
+        if cfg.get("dataset") is not None and "dataset_class" in cfg.dataset:
+            run_cfg.dataset = cfg.dataset  # dataset=<name>: that dataset, whole
+        elif cfg.get("dataset") is not None:  # +dataset.<key>=...: the checkpoint's, changed
+            run_cfg.dataset = OmegaConf.merge(train_cfg.dataset, cfg.dataset)
     datamodule = build_datamodule(run_cfg, net.backbone)
     if datamodule.class_names != list(train_cfg.class_names):
         raise ConfigError(

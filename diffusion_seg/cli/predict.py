@@ -38,6 +38,7 @@ from PIL import Image
 from torch import Tensor
 
 from diffusion_seg import CONFIG_DIR
+from diffusion_seg.builders import compile_from_config
 from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.config import register_resolvers
@@ -309,6 +310,7 @@ def run_predict(cfg: DictConfig) -> Summary:
                     )
 
     net, train_cfg = load_segmentor(cfg.ckpt_path)
+    compile_from_config(cfg, net)
     mean, std = normalisation(train_cfg, net)
     divisor = OmegaConf.select(train_cfg, "dataset.size_divisor") or max(net.backbone.reductions)
     resize = cfg.get("resize")

@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from diffusion_seg import CONFIG_DIR
-from diffusion_seg.builders import build_backbone, build_datamodule, build_segmentor, build_task
+from diffusion_seg.builders import build_backbone, build_datamodule, build_segmentor, build_task, compile_from_config
 from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.config import instantiate_node, register_resolvers
@@ -100,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     backbone = build_backbone(cfg)
     datamodule = build_datamodule(cfg, backbone)
-    net = build_segmentor(cfg, datamodule.num_classes, backbone=backbone)
+    net = compile_from_config(cfg, build_segmentor(cfg, datamodule.num_classes, backbone=backbone))
     task = build_task(cfg, net, datamodule.class_names)
     log.info(
         "Model: %s + %s, %d classes, %.2fM parameters (%.2fM new)",

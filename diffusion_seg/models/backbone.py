@@ -12,13 +12,17 @@ Weights come from the hub (``pretrained=True``) when the machine is online, or f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import timm
+import torch
 from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 DILATION_PATTERNS = ("timm", "deeplab")
@@ -47,6 +51,12 @@ class TimmBackbone(nn.Module):
             ResNet-family backbones only.
         out_indices: which stages to return (timm ``out_indices``).
         in_chans: input channels.
+        activation_checkpointing: keep only each block's input of every returned stage in
+            training and recompute the block in backward (:class:`CheckpointedStage`):
+            memory of the stages drops to one tensor per block plus one block's activations,
+            for about one extra forward pass of compute. Gradients and BatchNorm statistics
+            are those of the plain backbone. Stages that are ``nn.Sequential`` of blocks
+            (ResNets), or have one as ``.blocks``.
     """
 
     def __init__(
@@ -59,6 +69,7 @@ class TimmBackbone(nn.Module):
         out_indices: Sequence[int] = (1, 2, 3, 4),
         in_chans: int = 3,
         dilation_pattern: str = "timm",
+        activation_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if output_stride not in VALID_OUTPUT_STRIDES:
@@ -98,6 +109,7 @@ class TimmBackbone(nn.Module):
             "out_indices": tuple(out_indices),
             "in_chans": in_chans,
             "dilation_pattern": dilation_pattern,
+            "activation_checkpointing": activation_checkpointing,
         }
         self.name = name
         self.output_stride = output_stride
@@ -118,6 +130,8 @@ class TimmBackbone(nn.Module):
         self.channels: list[int] = list(info.channels())
         self.reductions: list[int] = list(info.reduction())
         self.stage_names: list[str] = list(info.module_name())
+        if activation_checkpointing:
+            checkpoint_stages(self.model, self.stage_names, name)
         cfg = getattr(self.model, "pretrained_cfg", None) or {}
         self.mean: tuple[float, ...] = tuple(cfg.get("mean", IMAGENET_MEAN))
         self.std: tuple[float, ...] = tuple(cfg.get("std", IMAGENET_STD))
@@ -153,3 +167,65 @@ def dilate_every_block(model: nn.Module, name: str) -> None:
         for conv in convs:
             conv.dilation = (dilation, dilation)
             conv.padding = (dilation, dilation)
+
+
+@contextlib.contextmanager
+def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in ``module`` run exactly as in training (batch statistics, the same
+    saved tensors) but the recomputation in backward must not count the batch twice: momentum
+    0 leaves the running statistics as they are, and ``num_batches_tracked`` is set back."""
+    norms = [
+        m for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+            if m.num_batches_tracked is not None:
+                m.num_batches_tracked.sub_(1)
+
+
+class CheckpointedStage(nn.Sequential):
+    """A stage (``nn.Sequential`` of blocks) that, when gradients are on, runs every block
+    under :func:`torch.utils.checkpoint.checkpoint` (non-reentrant): only the block inputs
+    are kept, each block is recomputed in backward with the same random state (dropout)
+    and without a second update of its BatchNorm running statistics. Forward hooks on the
+    stage or on a block (PDN, LG-LSTM insertion points) still fire, and tensors they leave
+    aside (auxiliary logits) get their gradients. Same children, so the same parameter names
+    and ``state_dict`` as the plain stage."""
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        if not torch.is_grad_enabled():
+            return super().forward(x)
+        for block in self:
+            if torch.compiler.is_compiling():  # Dynamo traces the recomputation itself
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = checkpoint(
+                    block, x, use_reentrant=False,
+                    context_fn=lambda b=block: (contextlib.nullcontext(), _running_stats_frozen(b)),
+                )
+        return x
+
+
+def checkpoint_stages(model: nn.Module, stage_names: Sequence[str], name: str) -> None:
+    """Swap every named stage (or its ``.blocks``) for a :class:`CheckpointedStage` with the
+    same children (``backbone.activation_checkpointing=true``)."""
+    for stage_name in stage_names:
+        path = stage_name
+        stage = model.get_submodule(path)
+        if not isinstance(stage, nn.Sequential) and isinstance(getattr(stage, "blocks", None), nn.Sequential):
+            path, stage = f"{path}.blocks", stage.blocks
+        if not isinstance(stage, nn.Sequential):
+            raise ValueError(
+                f"backbone.activation_checkpointing=true needs stages made of sequential blocks; "
+                f"{name}'s {stage_name} is a {type(stage).__name__}"
+            )
+        parent_path, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        setattr(parent, child, CheckpointedStage(OrderedDict(stage.named_children())))
