@@ -3,6 +3,8 @@ settings it runs; the comparison rows of PDN's tables are what the paper describ
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from diffusion_seg import CONFIG_DIR
@@ -92,3 +94,21 @@ def test_a_study_runs_and_the_report_matches_its_runs(tmp_path):
             else read_run(job).metrics
         assert float(rows[str(job)]["test/mIoU"]) == pytest.approx(recorded["test/mIoU"])
     assert (sweep / "report.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("name", ["builtin_heads_difficulty", "builtin_pdn_layers_neighbors",
+                                  "builtin_difnet_walks"])
+def test_the_committed_miniature_reports_hold_3_finished_seeds_per_setting(name):
+    """experiments/reports/<study>/: the report names its command; every setting has n = 3
+    and every run of runs.csv finished (what `make study` writes)."""
+    import csv
+
+    folder = Path(__file__).parents[1] / "experiments" / "reports" / name
+    report = (folder / "report.md").read_text()
+    assert f"python -m diffusion_seg.train -m study={name}" in report
+    rows = [line for line in report.split("## Per-class")[0].splitlines() if line.startswith("| `")]
+    assert rows and all(line.split(" | ")[1] == "3" for line in rows)
+    with open(folder / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert len(runs) == 3 * len(rows) and {r["status"] for r in runs} == {"finished"}
+    assert (folder / "report.png").stat().st_size > 5000
