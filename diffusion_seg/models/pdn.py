@@ -150,6 +150,11 @@ class DiffusionLayer(nn.Module):
         self.taps = nn.Parameter(torch.empty(out_channels, in_per_group, size * size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("tap_index", ring_tap_index(rings), persistent=False)
+        # Per ring e: where its 8e taps go in a flattened (2e+1)² kernel (raster order).
+        for e in range(rings + 1):
+            offsets = (torch.arange(2 * e + 1) - e).abs()
+            on_ring = torch.maximum(offsets[:, None], offsets[None, :]).flatten() == e
+            self.register_buffer(f"ring_index_{e}", on_ring.nonzero().flatten(), persistent=False)
         self.split_rings = split_rings
         nn.init.normal_(self.taps, mean=0.0, std=init_std)
 
@@ -171,9 +176,7 @@ class DiffusionLayer(nn.Module):
         kernels, start = [], 0
         for e in range(self.rings + 1):
             size = 2 * e + 1
-            offsets = (torch.arange(size, device=self.taps.device) - e).abs()
-            on_ring = torch.maximum(offsets[:, None], offsets[None, :]).flatten() == e
-            index = on_ring.nonzero().flatten()
+            index = getattr(self, f"ring_index_{e}")
             dense = self.taps.new_zeros(out_channels, in_per_group, size * size)
             dense = dense.index_copy(2, index, self.taps[:, :, start : start + index.numel()])
             kernels.append(dense.view(out_channels, in_per_group, size, size))
