@@ -159,6 +159,9 @@ def test_first_ctrl_c_asks_for_a_checkpoint_the_second_stops_at_once():
     guard = RunGuard("ckpts")
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
     try:
+        # As in a terminal: a background job (e.g. `cmd &` in a script) starts with SIGINT
+        # ignored, and install() rightly leaves an ignored signal alone.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         guard.install()
         assert all(signal.getsignal(sig) == guard._handle for sig in before)
         signal.raise_signal(signal.SIGINT)  # the handler only notes it
