@@ -94,6 +94,13 @@ def rings_from_neighbors(neighbors: int) -> int:
     return rings
 
 
+def chebyshev_distance(rings: int) -> Tensor:
+    """Ring (Chebyshev distance from the centre) of every tap of a flattened
+    ``(2E+1)×(2E+1)`` window, raster order."""
+    offsets = (torch.arange(2 * rings + 1) - rings).abs()
+    return torch.maximum(offsets[:, None], offsets[None, :]).flatten()
+
+
 def ring_tap_index(rings: int) -> Tensor:
     """Where each stored tap goes in a flattened ``(E+1)×K×K`` kernel, K = 2E+1.
 
@@ -103,8 +110,7 @@ def ring_tap_index(rings: int) -> Tensor:
     rings partition the K×K window: there are exactly K² taps.
     """
     size = 2 * rings + 1
-    offsets = torch.arange(size) - rings
-    ring = torch.maximum(offsets.abs()[:, None], offsets.abs()[None, :]).flatten()
+    ring = chebyshev_distance(rings)
     position = torch.arange(size * size)
     order = torch.argsort(ring * size * size + position)  # by ring, then raster
     return ring[order] * size * size + position[order]
@@ -152,8 +158,7 @@ class DiffusionLayer(nn.Module):
         self.register_buffer("tap_index", ring_tap_index(rings), persistent=False)
         # Per ring e: where its 8e taps go in a flattened (2e+1)² kernel (raster order).
         for e in range(rings + 1):
-            offsets = (torch.arange(2 * e + 1) - e).abs()
-            on_ring = torch.maximum(offsets[:, None], offsets[None, :]).flatten() == e
+            on_ring = chebyshev_distance(e) == e
             self.register_buffer(f"ring_index_{e}", on_ring.nonzero().flatten(), persistent=False)
         self.split_rings = split_rings
         nn.init.normal_(self.taps, mean=0.0, std=init_std)
