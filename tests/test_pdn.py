@@ -102,30 +102,37 @@ def test_table1_parameter_count(neighbors: int, per_d: int) -> None:
     assert gate_weights(DiffusionModule(32, 3, neighbors=24, hidden=256)) == 307_200
 
 
-@pytest.mark.parametrize("conv", ["channelwise", "full"])
-def test_ring_split_equals_the_fused_convolution_with_gradients(conv: str) -> None:
-    """Both formulations of Eq. 1 give the same gates and the same tap gradients; CPU picks
-    the split from 24NB (E = 2) up."""
-    layer = DiffusionLayer(4, 2, conv=conv).double()
-    h = torch.randn(2, 4 * 3, 7, 6, dtype=torch.float64)
+@pytest.mark.parametrize("rings", [1, 2, 3])
+def test_gathered_taps_equal_the_fused_convolution_with_gradients(rings: int) -> None:
+    """Both forms of Eq. 1 give the same gates and the same gradients of the input, the taps
+    and the bias (batch > 1, a non-square grid); CPU picks the gathered form for channel-wise
+    filters, the fused convolution for full ones."""
+    layer = DiffusionLayer(4, rings).double()
+    with torch.no_grad():
+        layer.bias.normal_()
+    h = torch.randn(3, 4 * (rings + 1), 7, 6, dtype=torch.float64, requires_grad=True)
     results = []
-    for split in (False, True):
-        layer.split_rings = split
-        layer.taps.grad = None
+    for gather in (False, True):
+        layer.gather_taps = gather
         z = layer.gates(h)
-        z.square().sum().backward()
-        results.append((z, layer.taps.grad.clone()))
+        weight = torch.linspace(-1, 1, z.numel(), dtype=z.dtype).view_as(z)
+        grads = torch.autograd.grad((z * weight).sum(), (h, layer.taps, layer.bias))
+        results.append((z, *grads))
     torch.testing.assert_close(results[0], results[1])
-    layer.split_rings = None
-    assert layer.gates(h).shape == results[0][0].shape
-    auto = {rings: DiffusionLayer(4, rings) for rings in (1, 2)}
+    assert torch.autograd.gradcheck(  # the hand-written backward against finite differences
+        lambda h, taps, bias: layer.gates(h), (h[:2, :, :4, :5], layer.taps, layer.bias))
+
+    layer.gather_taps = None
     calls = []
-    for rings, candidate in auto.items():
-        candidate.ring_kernels = lambda rings=rings, kernels=candidate.ring_kernels: (
-            calls.append(rings) or kernels()
-        )
-        candidate.gates(torch.randn(1, 4 * (rings + 1), 5, 5))
-    assert calls == [2]  # 8NB stays fused on CPU, 24NB splits
+    layer.kernel = lambda kernel=layer.kernel: calls.append(1) or kernel()
+    layer.gates(h)
+    assert calls == []  # CPU, channel-wise: gathered
+    full = DiffusionLayer(4, rings, conv="full")
+    full.kernel = lambda kernel=full.kernel: calls.append(1) or kernel()
+    full.gates(torch.randn(1, 4 * (rings + 1), 5, 5))
+    assert calls == [1]  # full filters: the fused convolution
+    with pytest.raises(ValueError, match="gather_taps=True needs conv='channelwise'"):
+        DiffusionLayer(4, rings, conv="full", gather_taps=True)
 
 
 def test_full_conv_mixes_channels() -> None:
@@ -154,16 +161,16 @@ def test_group_e_filters_are_nonzero_exactly_on_ring_e(rings: int) -> None:
     assert torch.equal(taps, nonzero)
 
 
-@pytest.mark.parametrize("split_rings", [False, True])
+@pytest.mark.parametrize("gather_taps", [False, True])
 @pytest.mark.parametrize("neighbors", [8, 24, 48])
-def test_matches_the_equations_written_out(neighbors: int, split_rings: bool) -> None:
-    """The fused grouped convolution (or one convolution per ring) + gate views equal
+def test_matches_the_equations_written_out(neighbors: int, gather_taps: bool) -> None:
+    """The fused grouped convolution (or the gathered taps) + gate views equal
     Eq. 1–3 per LSTM / gate / group (σ for i, f, o; tanh for g), the depth hidden map feeds
     the aux classifiers and output."""
     module = DiffusionModule(12, 4, neighbors=neighbors, layers=3, hidden=6).double()
     randomise_(module)
     for layer in module.layers:
-        layer.split_rings = split_rings
+        layer.gather_taps = gather_taps
     x = torch.randn(2, 12, 9, 11, dtype=torch.float64)
     out, aux = module(x)
     ref_out, ref_aux = reference_forward(module, x)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from diffusion_seg.runtime import keep_freed_memory
+
 BENCHMARKS = ("pdn", "difnet", "train", "gpu", "data")
 
 
@@ -15,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
             f"usage: python -m diffusion_seg.bench {{{','.join(BENCHMARKS)}}} [options]\n"
             "  (each benchmark has its own --help)"
         )
+    keep_freed_memory()  # what train, eval and predict run with (malloc_keep_freed=true)
     importlib.import_module(f"diffusion_seg.bench.{argv[0]}").main(argv[1:])
 
 

@@ -38,6 +38,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from diffusion_seg.runtime import keep_freed_memory
+
 Builder = Callable[[dict[str, Any]], Callable[[], object]]
 
 # Imported once by the forkserver, so a memory case starts in ~50 ms.
@@ -310,6 +312,7 @@ def _child(conn: Any, builder: Builder, spec: dict[str, Any]) -> None:
     try:
         import torch
 
+        keep_freed_memory()  # as in the timed process (bench/__main__.py) and in train
         if spec.get("threads"):
             torch.set_num_threads(spec["threads"])
         if spec.get("mem_limit_gb"):

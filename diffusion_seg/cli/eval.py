@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_seg import CONFIG_DIR
+from diffusion_seg.runtime import keep_freed_memory
 from diffusion_seg.builders import build_datamodule, build_task, compile_from_config
 from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
@@ -42,6 +43,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Validate or test ``cfg.ckpt_path`` on ``cfg.split``; returns the logged metrics."""
     if cfg.split not in VALID_SPLITS:
         raise ConfigError(f"split={cfg.split!r} is invalid; allowed: {list(VALID_SPLITS)}")
+    if cfg.get("malloc_keep_freed", True):
+        keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     net, train_cfg = load_segmentor(cfg.ckpt_path)
     compile_from_config(cfg, net)

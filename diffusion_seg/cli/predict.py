@@ -38,6 +38,7 @@ from PIL import Image
 from torch import Tensor
 
 from diffusion_seg import CONFIG_DIR
+from diffusion_seg.runtime import keep_freed_memory
 from diffusion_seg.builders import compile_from_config
 from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
@@ -295,6 +296,8 @@ def run_predict(cfg: DictConfig) -> Summary:
         raise ConfigError(f"batch_size={cfg.batch_size} is invalid; allowed: an integer >= 1")
     if not 0.0 <= float(cfg.overlay_alpha) <= 1.0:
         raise ConfigError(f"overlay_alpha={cfg.overlay_alpha} is invalid; allowed: 0..1")
+    if cfg.get("malloc_keep_freed", True):
+        keep_freed_memory()
     device = select_device(str(cfg.device))
     items, base = collect_inputs(str(cfg.input))
     output = Path(str(cfg.output)).expanduser()

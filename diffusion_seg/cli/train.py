@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from diffusion_seg import CONFIG_DIR
+from diffusion_seg.runtime import keep_freed_memory
 from diffusion_seg.builders import build_backbone, build_datamodule, build_segmentor, build_task, compile_from_config
 from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
@@ -96,6 +97,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         record_attempt(output_dir, overrides, plan)
     if plan.action == "skip":
         return skip_finished(plan, output_dir, cfg)
+    if cfg.get("malloc_keep_freed", True):
+        keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
 
     backbone = build_backbone(cfg)

@@ -13,37 +13,46 @@ Eq. 1 as printed puts σ on the candidate g and tanh on the output gate o; again
 (and Eq. 3, where o scales tanh(M') and g feeds the memory) that is a typo: we use σ for i, f,
 o and tanh for g.
 
-Implementation (one fused grouped convolution per layer)
---------------------------------------------------------
+Implementation: two exact forms of Eq. 1
+----------------------------------------
 The hidden state of a layer is one tensor ``B×(d·(E+1))×h×w`` ordered channel-major (index
-``c·(E+1) + e``), so that, for the paper's channel-wise filters (``conv="channelwise"``,
-Table 1), the gates of all E+1 LSTMs are *one* grouped convolution with ``groups = d``: group c
-reads channel c of the E+1 hidden groups and writes the 4·(E+1) gate pre-activations of
-channel c. Its ``(2E+1)×(2E+1)`` kernel is assembled at every call from the stored ring taps
-(``taps``, exactly the Table 1 count) by an ``index_copy`` into zeros: the taps off the rings
-are not parameters, so weight decay or momentum can never make them drift from zero. The
-gate math works on views of the convolution output (no permutes) and keeps the memory format
-of the input, so a channels-last input stays channels-last through the module.
+``c·(E+1) + e``). The stored parameters are the ring taps alone (``taps``, exactly the Table 1
+count, ordered ring by ring), so the taps off the rings are not parameters: weight decay or
+momentum can never make them drift from zero. Eq. 1 is computed in one of two forms:
 
-Measured on CPU (AMD EPYC, 1 thread, d = 256, 41×41 grid, 24NB, 4 layers, min of 8 runs):
+* **fused convolution** (GPU; ``conv="full"``): the gates of all E+1 LSTMs are *one* grouped
+  convolution with ``groups = d`` for the paper's channel-wise filters (group c reads channel
+  c of the E+1 hidden groups and writes the 4·(E+1) gate pre-activations of channel c). Its
+  ``(2E+1)×(2E+1)`` kernel is assembled at every call by an ``index_copy`` of the taps into
+  zeros; (E+1)·K² multiply-adds per gate output, of which only K² are on a ring.
+* **gathered taps** (CPU, channel-wise filters; ``DiffusionLayer.gather_taps``): every pixel's
+  K² on-ring inputs (the centre of group 0, the 8 taps of ring 1 from group 1, the 16 of ring
+  2 from group 2, ...) are gathered once into a ``d × K² × (B·h·w)`` tensor, and the gates are
+  one batched matrix product per channel (``taps[c]``, 4(E+1) × K²). K² multiply-adds per
+  gate output, none on the zeros; its backward (:class:`_GatheredRingGates`) is two batched
+  products and K² shifted additions, recomputing the gathered inputs instead of storing them.
 
-=============================================== =========== ===============
-formulation                                      forward     forward+backward
-=============================================== =========== ===============
-fused grouped conv, NCHW (kept)                  128 ms      436–490 ms
-fused grouped conv, channels-last                134–180 ms  480–650 ms
-one depthwise conv per ring, summed (E+1 convs)  134 ms      358 ms
-unfold / strided gather of ring taps + bmm       > 600 ms    > 600 ms
-=============================================== =========== ===============
+Measured on CPU (AMD EPYC, 2 threads, glibc malloc keeping freed memory — see
+:mod:`diffusion_seg.runtime`), Eq. 1 of one layer, d = 256, 41×41 grid, batch 1, ms:
 
-The convolution is 80 % of the time (its backward alone 60 %); the gate-math variants tried
-(slices, ``unbind`` of the four gates, ``split``) are within noise of each other. The per-ring
-split saves the zero taps' FLOPs and wins 25 % in CPU training at 24NB (none at 8NB) but costs
-E+1 launches and E extra full-size additions per layer; the single fused convolution is kept
-as the GPU form; on CPU, from 24NB up, the layer uses the per-ring split
-(``DiffusionLayer.split_rings``; same taps, same result up to summation order). On CPU,
-channels-last speeds up the grouped convolution's forward (11 vs 39 ms alone) but slows its
-backward (oneDNN), so NCHW is the faster training layout.
+=================================================  ===========  ================
+formulation                                         forward      forward+backward
+=================================================  ===========  ================
+8NB: fused grouped convolution                      3.7          16.4
+8NB: gathered taps (kept on CPU)                    3.2          10.9
+24NB: fused grouped convolution                     12.7         51
+24NB: one depthwise convolution per ring, summed    15.5         46–54
+24NB: gathered taps (kept on CPU)                   7.7          25–28
+48NB: one depthwise convolution per ring, summed    36.5         114
+48NB: gathered taps (kept on CPU)                   16.7         50
+=================================================  ===========  ================
+
+oneDNN's grouped convolution with 4(E+1) outputs per group computes its weight gradient at
+about 10 GFLOP/s (26 of the 33 ms of the 5×5 ring's backward); the batched products of the
+gathered form run that step in 5 ms. On the tiny setting (batch 16, d = 64, 8×8 grid, 1
+thread) the gathered form is 9.3 ms against 12.1 ms at 24NB. Channels-last slows the CPU
+backward of the grouped convolution (oneDNN); the gate math keeps the memory format of its
+input, so a channels-last input stays channels-last through the module on a GPU.
 
 Placement
 ---------
@@ -116,6 +125,89 @@ def ring_tap_index(rings: int) -> Tensor:
     return ring[order] * size * size + position[order]
 
 
+def ring_tap_positions(rings: int) -> tuple[tuple[int, int, int], ...]:
+    """``(input group e, row, column)`` in the ``(2E+1)×(2E+1)`` window of every stored tap,
+    in the stored order (ring by ring, raster inside a ring): the tap reads group e."""
+    size = 2 * rings + 1
+    index = ring_tap_index(rings).tolist()
+    return tuple((i // (size * size), i % (size * size) // size, i % size) for i in index)
+
+
+def _exporting() -> bool:
+    """Inside TorchScript tracing, ``torch.export`` or an ONNX export (none of which takes a
+    Python autograd function)."""
+    return (torch.jit.is_tracing() or torch.compiler.is_exporting()
+            or torch.onnx.is_in_onnx_export())
+
+
+class _GatheredRingGates(torch.autograd.Function):
+    """Eq. 1 for channel-wise ring filters as one batched product per channel (the gathered
+    form of the module docstring).
+
+    ``h``: ``B×(d·(E+1))×H×W`` (channel ``c·(E+1) + e``); ``taps``: ``(G·d)×1×K²`` with
+    G = 4(E+1) (output channel ``c·G + j``); ``bias``: ``G·d``; ``positions``:
+    :func:`ring_tap_positions` of E. Returns the ``B×(G·d)×H×W`` pre-activations.
+    """
+
+    @staticmethod
+    def gather(h: Tensor, positions: tuple[tuple[int, int, int], ...], rings: int) -> Tensor:
+        """``d × K² × (B·H·W)``: every channel's input under every tap, at every pixel."""
+        height, width = h.shape[-2:]
+        padded = F.pad(h, (rings,) * 4).unflatten(1, (-1, rings + 1)).transpose(0, 1)
+        # padded: [d, B, E+1, H+2E, W+2E]; tap (e, y, x) reads group e shifted by (y, x).
+        inputs = [padded[:, :, e, y : y + height, x : x + width] for e, y, x in positions]
+        return torch.stack(inputs, 1).flatten(2)
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, taps: Tensor, bias: Tensor,
+                positions: tuple[tuple[int, int, int], ...]) -> Tensor:
+        batch, _, height, width = h.shape
+        rings = math.isqrt(len(positions)) // 2
+        channels = h.shape[1] // (rings + 1)
+        weights = taps.view(channels, -1, len(positions))  # [d, G, K²]
+        gathered = _GatheredRingGates.gather(h, positions, rings)
+        z = torch.baddbmm(bias.view(channels, -1, 1), weights, gathered)  # [d, G, B·H·W]
+        ctx.save_for_backward(h, taps)
+        ctx.positions = positions
+        device = h.device.type  # the backward computes in the forward's autocast dtype
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
+        # [d·G, B, H, W] → [B, d·G, H, W]: a view (contiguous for batch 1)
+        return z.view(-1, batch, height, width).transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        h, taps = ctx.saved_tensors
+        positions = ctx.positions
+        channels = h.shape[1] // (math.isqrt(len(positions)) // 2 + 1)
+        weights = taps.view(channels, -1, len(positions))
+        grad = grad.transpose(0, 1).reshape(channels, weights.shape[1], -1)  # [d, G, B·H·W]
+        device, dtype, enabled = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return _GatheredRingGates.gradients(ctx, grad, h, weights, positions)
+
+    @staticmethod
+    def gradients(ctx: Any, grad: Tensor, h: Tensor, weights: Tensor,
+                  positions: tuple[tuple[int, int, int], ...]) -> tuple[Tensor | None, ...]:
+        batch, _, height, width = h.shape
+        channels, rings = weights.shape[0], math.isqrt(len(positions)) // 2
+        grad_h = grad_taps = grad_bias = None
+        if ctx.needs_input_grad[1]:  # recomputed: storing it would cost K²× the input
+            gathered = _GatheredRingGates.gather(h, positions, rings)
+            grad_taps = torch.bmm(grad, gathered.transpose(1, 2)).view(-1, 1, len(positions))
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(2).flatten()
+        if ctx.needs_input_grad[0]:
+            grad_inputs = torch.bmm(weights.transpose(1, 2), grad)  # [d, K², B·H·W]
+            grad_inputs = grad_inputs.unflatten(2, (batch, height, width))
+            padded = h.new_zeros(channels, batch, rings + 1, height + 2 * rings,
+                                 width + 2 * rings)
+            for tap, (e, y, x) in enumerate(positions):  # the gather's adjoint
+                padded[:, :, e, y : y + height, x : x + width] += grad_inputs[:, tap]
+            inner = padded[..., rings : rings + height, rings : rings + width]
+            grad_h = inner.transpose(0, 1).flatten(1, 2)  # [B, d·(E+1), H, W]
+        return grad_h, grad_taps, grad_bias, None
+
+
 class DiffusionLayer(nn.Module):
     """One diffusion layer: a depth LSTM and E spatial LSTMs (Eq. 1–3).
 
@@ -128,10 +220,10 @@ class DiffusionLayer(nn.Module):
             the paper's Table 1 count (4·(E+1)·(2E+1)²·d weights per layer); ``"full"`` —
             each gate mixes all d channels of every group (d² per tap), for comparison.
         init_std: std of the Gaussian init of the taps (biases start at 0).
-        split_rings: compute Eq. 1 as one convolution per ring (group e with a (2e+1)² kernel,
-            summed) instead of one fused K×K convolution; ``None``: split on CPU from E = 2
-            (it skips the off-ring zeros' FLOPs: faster CPU training at 24NB, no gain at 8NB),
-            fuse elsewhere (one launch on a GPU).
+        gather_taps: compute Eq. 1 in the gathered-taps form (channel-wise filters only)
+            instead of the fused convolution; ``None``: gathered on CPU, fused elsewhere (one
+            cuDNN launch on a GPU; exports always hold the convolution). Both give the same
+            gates up to summation order.
     """
 
     def __init__(
@@ -140,11 +232,13 @@ class DiffusionLayer(nn.Module):
         rings: int,
         conv: str = "channelwise",
         init_std: float = PAPER_INIT_STD,
-        split_rings: bool | None = None,
+        gather_taps: bool | None = None,
     ) -> None:
         super().__init__()
         if conv not in CONV_TYPES:
             raise ValueError(f"model.conv={conv!r} is invalid; allowed: {', '.join(CONV_TYPES)}")
+        if gather_taps and conv != "channelwise":
+            raise ValueError("gather_taps=True needs conv='channelwise' (one filter per channel)")
         self.hidden = hidden
         self.rings = rings
         self.groups = hidden if conv == "channelwise" else 1
@@ -156,11 +250,10 @@ class DiffusionLayer(nn.Module):
         self.taps = nn.Parameter(torch.empty(out_channels, in_per_group, size * size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("tap_index", ring_tap_index(rings), persistent=False)
-        # Per ring e: where its 8e taps go in a flattened (2e+1)² kernel (raster order).
-        for e in range(rings + 1):
-            on_ring = chebyshev_distance(e) == e
-            self.register_buffer(f"ring_index_{e}", on_ring.nonzero().flatten(), persistent=False)
-        self.split_rings = split_rings
+        # Plain ints (not a buffer): the gathered form slices with them, torch.compile sees
+        # constants.
+        self.tap_positions = ring_tap_positions(rings)
+        self.gather_taps = gather_taps
         nn.init.normal_(self.taps, mean=0.0, std=init_std)
 
     def kernel(self) -> Tensor:
@@ -173,34 +266,14 @@ class DiffusionLayer(nn.Module):
         dense = dense.index_copy(2, self.tap_index, self.taps)
         return dense.view(out_channels, in_per_group * lstms, size, size)
 
-    def ring_kernels(self) -> list[Tensor]:
-        """Group e's taps alone as a ``(2e+1)×(2e+1)`` kernel per ring e (zero inside the
-        ring): the per-ring form of :meth:`kernel`. The stored taps are ordered ring by ring,
-        raster order inside a ring, which is also the raster order of the smaller window."""
-        out_channels, in_per_group, _ = self.taps.shape
-        kernels, start = [], 0
-        for e in range(self.rings + 1):
-            size = 2 * e + 1
-            index = getattr(self, f"ring_index_{e}")
-            dense = self.taps.new_zeros(out_channels, in_per_group, size * size)
-            dense = dense.index_copy(2, index, self.taps[:, :, start : start + index.numel()])
-            kernels.append(dense.view(out_channels, in_per_group, size, size))
-            start += index.numel()
-        return kernels
-
     def gates(self, h: Tensor) -> Tensor:
         """Eq. 1: the pre-activations of all gates of all E+1 LSTMs, ``B×(4(E+1)d)×h×w``."""
-        split = self.split_rings
-        if split is None:
-            split = h.device.type == "cpu" and self.rings >= 2
-        if not split:  # one (grouped) convolution over all groups with the K×K kernel
-            return F.conv2d(h, self.kernel(), self.bias, padding=self.rings, groups=self.groups)
-        groups = h.unflatten(1, (-1, self.rings + 1))  # [B, channel, group e, h, w]
-        depth, *rings = self.ring_kernels()
-        z = F.conv2d(groups[:, :, 0], depth, self.bias, groups=self.groups)
-        for e, kernel in enumerate(rings, start=1):
-            z = z + F.conv2d(groups[:, :, e], kernel, padding=e, groups=self.groups)
-        return z
+        gather = self.gather_taps
+        if gather is None:
+            gather = h.device.type == "cpu" and self.groups == self.hidden
+        if gather and not _exporting():  # exported graphs hold the portable convolution
+            return _GatheredRingGates.apply(h, self.taps, self.bias, self.tap_positions)
+        return F.conv2d(h, self.kernel(), self.bias, padding=self.rings, groups=self.groups)
 
     def forward(self, h: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         lstms = self.rings + 1
