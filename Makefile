@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install the package (editable) with its dev, prepare and cluster extras
 
-train: $(STAMP) ## Train + evaluate the quickstart experiment on the built-in dataset (~5 min on 2 CPU cores)
+train: $(STAMP) ## Train + evaluate the quickstart experiment on the built-in dataset (~4 min on 2 CPU cores)
 	$(PY) -m diffusion_seg.train experiment=quickstart $(ARGS)
 
 eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=logs/train/runs/<run>/checkpoints/last.ckpt
