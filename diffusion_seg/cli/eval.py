@@ -24,7 +24,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_seg import CONFIG_DIR
-from diffusion_seg.runtime import keep_freed_memory
 from diffusion_seg.builders import build_datamodule, build_task, compile_from_config
 from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
@@ -33,6 +32,7 @@ from diffusion_seg.errors import ConfigError
 from diffusion_seg.lightning.checkpoint import load_segmentor
 from diffusion_seg.lightning.pictures import PredictionWriter
 from diffusion_seg.plots import write_eval_reports
+from diffusion_seg.runtime import keep_freed_memory
 
 register_resolvers()
 

@@ -38,7 +38,6 @@ from PIL import Image
 from torch import Tensor
 
 from diffusion_seg import CONFIG_DIR
-from diffusion_seg.runtime import keep_freed_memory
 from diffusion_seg.builders import compile_from_config
 from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
@@ -50,6 +49,7 @@ from diffusion_seg.lightning.checkpoint import load_segmentor
 from diffusion_seg.models.inference import VALID_MODES, predict
 from diffusion_seg.models.segmentor import Segmentor
 from diffusion_seg.plots import prediction_paths, save_prediction
+from diffusion_seg.runtime import keep_freed_memory
 
 register_resolvers()
 

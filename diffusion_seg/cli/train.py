@@ -33,7 +33,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from diffusion_seg import CONFIG_DIR
-from diffusion_seg.runtime import keep_freed_memory
 from diffusion_seg.builders import build_backbone, build_datamodule, build_segmentor, build_task, compile_from_config
 from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
@@ -42,6 +41,7 @@ from diffusion_seg.errors import ConfigError
 from diffusion_seg.lightning.checkpoint import AtomicCheckpointIO
 from diffusion_seg.lightning.safety import Interrupted, NonFiniteError, RunGuard, cluster_plugins
 from diffusion_seg.lightning.sweeps import RunPlan, plan_run, record_attempt, register_sweep_resolvers, write_finished
+from diffusion_seg.runtime import keep_freed_memory
 
 register_resolvers()
 register_sweep_resolvers()

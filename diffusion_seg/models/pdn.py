@@ -168,7 +168,7 @@ class _GatheredRingGates(torch.autograd.Function):
         gathered = _GatheredRingGates.gather(h, positions, rings)
         z = torch.baddbmm(bias.view(channels, -1, 1), weights, gathered)  # [d, G, B·H·W]
         ctx.save_for_backward(h, taps)
-        ctx.positions = positions
+        ctx.positions, ctx.rings = positions, rings
         device = h.device.type  # the backward computes in the forward's autocast dtype
         ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
         # [d·G, B, H, W] → [B, d·G, H, W]: a view (contiguous for batch 1)
@@ -177,19 +177,20 @@ class _GatheredRingGates(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         h, taps = ctx.saved_tensors
-        positions = ctx.positions
-        channels = h.shape[1] // (math.isqrt(len(positions)) // 2 + 1)
+        positions, rings = ctx.positions, ctx.rings
+        channels = h.shape[1] // (rings + 1)
         weights = taps.view(channels, -1, len(positions))
         grad = grad.transpose(0, 1).reshape(channels, weights.shape[1], -1)  # [d, G, B·H·W]
         device, dtype, enabled = ctx.autocast
         with torch.autocast(device, dtype=dtype, enabled=enabled):
-            return _GatheredRingGates.gradients(ctx, grad, h, weights, positions)
+            return _GatheredRingGates.gradients(ctx, grad, h, weights, positions, rings)
 
     @staticmethod
     def gradients(ctx: Any, grad: Tensor, h: Tensor, weights: Tensor,
-                  positions: tuple[tuple[int, int, int], ...]) -> tuple[Tensor | None, ...]:
+                  positions: tuple[tuple[int, int, int], ...], rings: int
+                  ) -> tuple[Tensor | None, ...]:
         batch, _, height, width = h.shape
-        channels, rings = weights.shape[0], math.isqrt(len(positions)) // 2
+        channels = weights.shape[0]
         grad_h = grad_taps = grad_bias = None
         if ctx.needs_input_grad[1]:  # recomputed: storing it would cost K²× the input
             gathered = _GatheredRingGates.gather(h, positions, rings)
