@@ -4,7 +4,8 @@
 :class:`DeployableSegmentor` does whole-image inference exactly as ``eval`` does, with the
 preprocessing inside, so a deployment feeds raw pixels::
 
-    input   N×3×H×W RGB, uint8 or float in 0..255 (any H, W)
+    input   N×3×H×W RGB in 0..255 (any N, H, W), float32 or uint8: the PyTorch module takes
+            either; an exported file takes the one it was written for (``input_dtype``)
     pad     bottom-right to a multiple of the output stride with 0 (eval's padding)
     norm    (x − 255·mean) / (255·std)
     net     logits at feature resolution
@@ -37,6 +38,10 @@ from diffusion_seg.models.segmentor import Segmentor
 
 FORMATS = ("onnx", "torchscript", "torch_export")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "torch_export": ".pt2"}
+# The input dtypes an export can be written for. An ONNX input and a torch.export program have
+# one dtype each (ONNX Runtime refuses any other), so the file is written for one: float32, what
+# ONNX Runtime users feed by default, or uint8 (decoded images as they are, 4× less to copy).
+INPUT_DTYPES = {"float32": torch.float32, "uint8": torch.uint8}
 # ONNX opset of the exports (torch.onnx's dynamo exporter; 18 has every op the heads use).
 ONNX_OPSET = 18
 
@@ -113,27 +118,30 @@ def _reason(err: BaseException) -> str:
 
 def _dynamic_shapes(example: Tensor) -> dict[str, dict[int, Any]]:
     dim = torch.export.Dim
-    return {"image": {2: dim.DYNAMIC, 3: dim.DYNAMIC}}
+    return {"image": {0: dim.DYNAMIC, 2: dim.DYNAMIC, 3: dim.DYNAMIC}}
 
 
 def _session(path: str) -> Any:
-    """An ONNX Runtime CPU session that logs errors only (not its optimiser's notes)."""
+    """An ONNX Runtime CPU session with the default options, as a deployment creates it (so
+    the check sees any warning a user would)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
 def _export_onnx(module: DeployableSegmentor, example: Tensor, path: Path, dynamic: bool) -> Callable[[Tensor], Tensor]:
     import onnx  # noqa: F401  (the exporter needs it; fail early with its name)
     import onnxruntime  # noqa: F401
 
+    # optimize=True runs onnxscript's graph optimiser: it folds the constant subgraphs, among
+    # them the CastLike nodes torchlib writes for every `new_zeros` (PDN's ring kernels are
+    # built from the taps with one). Left in, ONNX Runtime cannot constant-fold them (it has no
+    # CPU kernel for the CastLike function) and every session prints one warning per node.
     torch.onnx.export(
         module, (example,), str(path), input_names=["image"], output_names=["logits"],
         dynamo=True, opset_version=ONNX_OPSET,
         dynamic_shapes=_dynamic_shapes(example) if dynamic else None,
-        external_data=False, optimize=False,
+        external_data=False, optimize=True,
     )
     session = _session(str(path))
 
@@ -178,6 +186,7 @@ class ExportResult:
     checked_sizes: list[tuple[int, int]]
     dynamic: bool
     note: str = ""
+    input_dtype: str = "float32"
 
 
 def check(module: nn.Module, run: Callable[[Tensor], Tensor], samples: Sequence[Tensor], tolerance: float) -> float:
@@ -207,13 +216,15 @@ def export(
     samples: Sequence[Tensor] | None = None,
     tolerance: float = 1e-3,
     dynamic: bool = True,
+    input_dtype: str = "float32",
 ) -> ExportResult:
-    """Wrap ``net`` (:class:`DeployableSegmentor`), write it as ``fmt`` to ``path``, reload it
-    with the format's runtime and compare with PyTorch on ``samples`` (default: two uint8
-    images of different odd sizes; the first is the export's example input).
+    """Wrap ``net`` (:class:`DeployableSegmentor`), write it as ``fmt`` to ``path`` for
+    ``input_dtype`` images (:data:`INPUT_DTYPES`), reload it with the format's runtime and
+    compare with PyTorch on ``samples`` (0..255 pixels, cast to ``input_dtype``; default: an
+    image and a batch of two of another size, both odd; the first is the export's example).
 
-    ``dynamic``: any input height and width (ONNX and ``torch.export`` with dynamic shapes;
-    TorchScript's trace records the size arithmetic), checked at the second size. When the
+    ``dynamic``: any batch size, height and width (ONNX and ``torch.export`` with dynamic
+    shapes; TorchScript's trace records the size arithmetic), checked on the second sample. When the
     dynamic export fails (e.g. timm's ``AvgPool2dSame`` in deep-stem / tiny ResNets computes
     ``math.ceil`` on the size, which ``torch.export`` cannot serialize) or the dynamic program
     fails the check at the second size (a shape guard the exporter added), the file is written
@@ -221,8 +232,11 @@ def export(
     """
     if fmt not in FORMATS:
         raise ExportError(f"format={fmt!r} is invalid; allowed: {list(FORMATS)}")
+    if input_dtype not in INPUT_DTYPES:
+        raise ExportError(f"input_dtype={input_dtype!r} is invalid; allowed: {list(INPUT_DTYPES)}")
     module = DeployableSegmentor(net.cpu(), mean, std, size_divisor).eval()
-    samples = list(samples) if samples else [sample_input(67, 93), sample_input(50, 41, seed=1)]
+    samples = list(samples) if samples else [sample_input(67, 93), sample_input(50, 41, batch=2, seed=1)]
+    samples = [s.to(INPUT_DTYPES[input_dtype]) for s in samples]
     path = Path(path)
     if fmt == "torch_export" and path.suffix != ".pt2":
         raise ExportError(f"{path}: torch.export programs are .pt2 files; name the output *.pt2")
@@ -232,7 +246,12 @@ def export(
     is_dynamic = dynamic
 
     def attempt(dynamic_shapes: bool) -> float:
-        run = exporter(module, samples[0], path, dynamic_shapes)
+        example = samples[0]
+        if dynamic_shapes and len(example) == 1:
+            # torch.export specialises a dimension whose example size is 1 (0/1 specialisation):
+            # a batch of one would fix the batch size at 1.
+            example = example.repeat(2, 1, 1, 1)
+        run = exporter(module, example, path, dynamic_shapes)
         same = [s for s in samples if s.shape == samples[0].shape]
         return check(module, run, samples if dynamic_shapes else same, tolerance)
 
@@ -270,11 +289,12 @@ def export(
             f"{head_name(module)} exported as {fmt} to {path} differs from PyTorch by "
             f"{diff:.3g} (max abs logit), above the tolerance {tolerance:g}"
         )
-    return ExportResult(path, fmt, diff, [tuple(s.shape[-2:]) for s in samples], is_dynamic, note)
+    return ExportResult(path, fmt, diff, [tuple(s.shape[-2:]) for s in samples], is_dynamic, note, input_dtype)
 
 
 def load_exported(path: str | Path, fmt: str) -> Callable[[Tensor], Tensor]:
-    """A callable ``uint8 N×3×H×W → logits`` for an exported file (tests, quick checks)."""
+    """A callable ``N×3×H×W image → logits`` for an exported file (tests, quick checks); the
+    image has the dtype the file was written for."""
     path = Path(path)
     if fmt == "onnx":
         session = _session(str(path))

@@ -14,7 +14,8 @@ Evaluation reports (:func:`write_eval_reports`), from one dataset-level confusio
   and the most confused pairs listed beside it;
 * ``confused_pairs.md``: the top-N off-diagonal cells (true → predicted, pixels, share of
   the true class);
-* ``per_class.csv``: class, IoU, Acc, pixels (ground-truth pixels), predicted pixels.
+* ``per_class.csv``: class, IoU and Acc in % (as the metric tables print them), pixels
+  (ground-truth pixels), predicted pixels.
 
 Predictions (:func:`save_prediction`), the layout ``predict`` writes: ``<name>.png`` (palette
 PNG of class indices, :func:`diffusion_seg.data.base.save_label_png`), ``<name>_overlay.jpg``
@@ -215,8 +216,8 @@ def confused_pairs(confmat: Any, class_names: Sequence[str], top: int = 20) -> l
     return pairs
 
 
-def _fmt(value: float) -> str:
-    return "nan" if np.isnan(value) else f"{value:.6f}"
+def _percent(fraction: float) -> str:
+    return "nan" if np.isnan(fraction) else f"{100 * fraction:.4f}"
 
 
 def write_confusion_csv(path: Path, confmat: Any, class_names: Sequence[str]) -> Path:
@@ -230,11 +231,12 @@ def write_confusion_csv(path: Path, confmat: Any, class_names: Sequence[str]) ->
 
 
 def write_per_class_csv(path: Path, confmat: Any, class_names: Sequence[str]) -> Path:
+    """IoU and Acc in percent, like every metric table the commands print (the header says so)."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["class", "IoU", "Acc", "pixels", "predicted"])
+        writer.writerow(["class", "IoU (%)", "Acc (%)", "pixels", "predicted"])
         for row in per_class(confmat, class_names):
-            writer.writerow([row["class"], _fmt(row["IoU"]), _fmt(row["Acc"]), row["pixels"],
+            writer.writerow([row["class"], _percent(row["IoU"]), _percent(row["Acc"]), row["pixels"],
                              row["predicted"]])
     return path
 

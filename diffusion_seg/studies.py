@@ -1,12 +1,16 @@
 """Gather the runs of one or more sweeps into a study report: tables, a plot, a CSV.
 
-A sweep dir holds one job dir per run (``<sweep>/<job number>/``), each with Hydra's
-``.hydra/overrides.yaml`` and ``.hydra/config.yaml`` and what the run wrote: its final
-metrics (``finished.yaml``, written when training ends) or, failing that, its CSV log
-(``csv/metrics.csv``). Runs are grouped by *setting*: their overrides without ``seed``. Each
-setting gets n, mean and standard deviation over its seeds. A study config
-(``conf/study/<name>.yaml``) names its knob (the x axis of the plot) and the published
-numbers of the paper table it reproduces (a column beside ours).
+A sweep dir holds one job dir per run (``<sweep>/<job number>/``), each with the records the
+job wrote itself (:mod:`diffusion_seg.lightning.sweeps`): ``job.yaml`` (its overrides and its
+attempts), ``config.yaml`` (the composed config it ran with) and its final metrics
+(``finished.yaml``, written when training ends). The report reads those, never Hydra's
+``.hydra/``, which every later launch into the sweep dir rewrites; only job dirs from before
+these records fall back to ``.hydra/`` (and the report says so), and to the CSV log
+(``csv/metrics.csv``) for their metrics. Runs are grouped by *setting*: their overrides
+without ``seed``. Each setting gets n, mean and standard deviation over its seeds. A study
+config (``conf/study/<name>.yaml``) names its knob (the x axis of the plot) and the published
+numbers of the paper table it reproduces (a column beside ours). Paths in the report are
+relative to the (first) sweep dir: it names no machine's directories.
 
 Offline and plain: no W&B, no Lightning, no torch. The command is
 ``python -m diffusion_seg.report`` (:mod:`diffusion_seg.cli.report`).
@@ -16,16 +20,23 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from diffusion_seg.errors import UserError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# The records a training job writes into its dir (diffusion_seg.lightning.sweeps).
+JOB_FILE = "job.yaml"
+CONFIG_FILE = "config.yaml"
 FINISHED_FILE = "finished.yaml"
 METRICS = ("mIoU", "mAcc", "aAcc")
 # Overrides that vary between repeats of one setting, not between settings.
@@ -46,7 +57,8 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     status: str = "finished"  # finished, unfinished (no final metrics), or why it stopped
     common: frozenset[str] = frozenset()  # overrides every run of the report shares
-    minutes: float | None = None  # wall time of its last attempt (start to completion marker)
+    minutes: float | None = None  # time it ran: its attempts summed (see _wall_minutes)
+    legacy: bool = False  # no job.yaml / config.yaml: overrides or config read from .hydra/
 
     @property
     def setting(self) -> str:
@@ -91,9 +103,8 @@ def read_run(job: Path, evaluation: str | None = None) -> Run:
     ``evaluation``, the metrics of a later evaluation of the run instead: the
     ``metrics.yaml`` that ``python -m diffusion_seg.eval ... hydra.run.dir=<job>/<evaluation>``
     wrote (e.g. multi-scale, CRF, another split or dataset option)."""
-    overrides = _read_yaml(job / ".hydra" / "overrides.yaml") or []
-    config = _read_yaml(job / ".hydra" / "config.yaml") or {}
-    run = Run(job, [str(o) for o in overrides], dict(config.get("study") or {}))
+    overrides, config, legacy = job_record(job)
+    run = Run(job, overrides, dict(config.get("study") or {}), legacy=legacy)
     if evaluation is not None:
         metrics = job / evaluation / "metrics.yaml"
         if metrics.is_file():
@@ -117,14 +128,45 @@ def read_run(job: Path, evaluation: str | None = None) -> Run:
     return run
 
 
+def job_record(job: Path) -> tuple[list[str], dict[str, Any], bool]:
+    """The job's overrides and composed config as the job recorded them when it ran
+    (``job.yaml``, else ``finished.yaml``; ``config.yaml``), and whether either had to come from
+    Hydra's ``.hydra/`` instead (job dirs written before those records existed)."""
+    record = _read_yaml(job / JOB_FILE) if (job / JOB_FILE).is_file() else None
+    overrides = record.get("overrides") if isinstance(record, dict) else None
+    if overrides is None and (job / FINISHED_FILE).is_file():
+        overrides = (_read_yaml(job / FINISHED_FILE) or {}).get("overrides")
+    legacy = False
+    if overrides is None:
+        overrides, legacy = _read_yaml(job / ".hydra" / "overrides.yaml") or [], True
+    if (job / CONFIG_FILE).is_file():
+        config = _read_yaml(job / CONFIG_FILE) or {}
+    else:
+        config, legacy = _read_yaml(job / ".hydra" / "config.yaml") or {}, True
+    return [str(o) for o in overrides], config, legacy
+
+
 def _wall_minutes(job: Path, marker: dict[str, Any]) -> float | None:
-    """Minutes from the last recorded start (``job.yaml``, written by the sweep's auto-resume)
-    to the completion marker; ``None`` for runs without those records."""
-    attempts = (_read_yaml(job / "job.yaml") or {}).get("attempts") if (job / "job.yaml").is_file() else None
-    starts = [a["time"] for a in attempts or [] if a.get("action") == "start" and "time" in a]
-    if not starts or "time" not in marker:
+    """Minutes the run ran: the sum over the attempts that trained it (``job.yaml``: from its
+    last fresh start on, every start or resume, each from its start to its recorded end), so
+    the time between a stop and the resume is not counted. An attempt without an end (a
+    process killed outright, or records older than the end times) ends at the completion
+    marker if it is the last one; otherwise the time is unknown (``None``)."""
+    attempts = (_read_yaml(job / JOB_FILE) or {}).get("attempts") if (job / JOB_FILE).is_file() else None
+    trained = [a for a in attempts or [] if a.get("action") in ("start", "resume") and "time" in a]
+    starts = [i for i, a in enumerate(trained) if a["action"] == "start"]
+    if not starts:
         return None
-    return (float(marker["time"]) - float(starts[-1])) / 60.0
+    trained = trained[starts[-1]:]
+    seconds = 0.0
+    for i, attempt in enumerate(trained):
+        end = attempt.get("end")
+        if end is None and i == len(trained) - 1:
+            end = marker.get("time")
+        if end is None:
+            return None
+        seconds += float(end) - float(attempt["time"])
+    return seconds / 60.0
 
 
 def gather(sweep_dirs: Sequence[Path], evaluation: str | None = None) -> list[Run]:
@@ -135,13 +177,13 @@ def gather(sweep_dirs: Sequence[Path], evaluation: str | None = None) -> list[Ru
         if not sweep.is_dir():
             raise ReportError(f"{sweep} is not a directory; give the sweep dir of a multirun")
         jobs = sorted(
-            (p for p in sweep.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()),
+            (p for p in sweep.iterdir() if (p / JOB_FILE).is_file() or (p / ".hydra" / "overrides.yaml").is_file()),
             key=lambda p: (len(p.name), p.name),
         )
         if not jobs:
             raise ReportError(
-                f"{sweep} holds no runs (no <job>/.hydra/overrides.yaml); give the sweep dir "
-                "of a multirun, e.g. logs/train/multiruns/<date>"
+                f"{sweep} holds no runs (no <job>/{JOB_FILE} or <job>/.hydra/overrides.yaml); give "
+                "the sweep dir of a multirun, e.g. logs/train/multiruns/<date>"
             )
         runs += [read_run(job, evaluation) for job in jobs]
     names = {run.study.get("name") for run in runs}
@@ -233,20 +275,63 @@ def _fmt_raw(stat: tuple[float, float, int] | None) -> str:
     return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
 
 
+def relative(path: Path, base: Path) -> str:
+    """``path`` as the report names it: relative to ``base`` (the first sweep dir)."""
+    return os.path.relpath(path.resolve(), base.resolve())
+
+
+def _override_order(override: str) -> tuple[int, str]:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return ({"study": 0, "experiment": 1, "seed": 3}.get(key, 2), override)
+
+
+def launch_command(runs: Sequence[Run]) -> str:
+    """The training command that ran these jobs, from the overrides each job recorded: one
+    ``-m`` line when the jobs are every combination of their values (a grid sweep), else one
+    line per setting with its seeds (an Optuna search, merged sweeps)."""
+    jobs = [sorted(set(r.overrides), key=_override_order) for r in runs]
+    values: dict[str, list[str]] = {}
+    for job in jobs:
+        for override in job:
+            name, sep, value = override.partition("=")
+            choices = values.setdefault(name if sep else override, [])
+            if sep and value not in choices:
+                choices.append(value)
+    combinations = math.prod(max(1, len(v)) for v in values.values())
+    prefix = "python -m diffusion_seg.train -m"
+    if all(len(job) == len(values) for job in jobs) and len({tuple(j) for j in jobs}) == combinations:
+        return " ".join([prefix, *(f"{k}={','.join(v)}" if v else k for k, v in values.items())])
+    settings: dict[tuple[str, ...], list[str]] = {}
+    for job in jobs:
+        seeds = [o.partition("=")[2] for o in job if o.startswith("seed=")]
+        setting = tuple(o for o in job if not o.startswith("seed="))
+        settings.setdefault(setting, []).extend(seeds)
+    return "\n".join(" ".join([prefix, *setting] + ([f"seed={','.join(seeds)}"] if seeds else []))
+                     for setting, seeds in settings.items())
+
+
 def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: Sequence[Path],
-             class_names: Sequence[str], command: str | None = None,
-             evaluation: str | None = None) -> str:
-    """``report.md``: the settings table, the per-class IoU table, unfinished runs."""
+             class_names: Sequence[str], evaluation: str | None = None) -> str:
+    """``report.md``: the command that ran, the settings table, the per-class IoU table,
+    unfinished runs. Paths are relative to the first sweep dir."""
     study = runs[0].study if runs else {}
+    base = sweep_dirs[0]
     title = study.get("name") or "sweep"
     lines = [f"# Study: {title}", ""]
     if study.get("description"):
         lines += [str(study["description"]).strip(), ""]
     source = f"the evaluation `<job>/{evaluation}/metrics.yaml` of every run" if evaluation else "the runs"
-    lines += [f"Runs from {', '.join(f'`{d}`' for d in sweep_dirs)}; metrics of the `{split}` "
+    named = [base.resolve().name, *(relative(d, base) for d in sweep_dirs[1:])]
+    lines += [f"Runs from {', '.join(f'`{d}`' for d in named)}; metrics of the `{split}` "
               f"split from {source} in %, mean ± standard deviation over the seeds (n runs).", ""]
-    if command:
-        lines += ["```", command, "```", ""]
+    if runs:
+        lines += ["What ran, from the overrides each job recorded (`<job>/job.yaml`; launcher "
+                  "options are not part of it):", "", "```", launch_command(runs), "```", ""]
+    legacy = [r for r in runs if r.legacy]
+    if legacy:
+        lines += [f"{len(legacy)} of the {len(runs)} runs have no `job.yaml` / `config.yaml` of their "
+                  "own (job dirs from before those records): their overrides or config come from "
+                  "Hydra's `.hydra/`, which a later launch into the same dir rewrites.", ""]
     common = sorted(o for o in (runs[0].common if runs else ()) if not o.startswith("study="))
     if common:
         lines += ["Every run: " + " ".join(f"`{o}`" for o in common), ""]
@@ -269,8 +354,11 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
         cells += [str(published_extra.get(m, "–")) for m in extra] + ([""] if timed else [])
         lines.append("| " + " | ".join(cells) + " |")
     if timed:
-        lines += ["", "Wall time: start to end of each run (training, validation, test, files), "
-                  "as it ran, i.e. beside the other jobs of a parallel launcher."]
+        lines += ["", "Wall time: the time each run ran (training, validation, test, files), summed over "
+                  "its attempts — a run stopped and resumed later counts each attempt from its start "
+                  "to its end, not the pause between — as it ran, i.e. beside the other jobs of a "
+                  "parallel launcher; mean over the runs with a known time (unknown when an attempt "
+                  "left no end: a process killed outright)."]
     present = [c for c in class_names if any(f"IoU/{c}" in r.stats for r in rows)]
     if present:
         lines += ["", f"## Per-class IoU ({split})", "",
@@ -279,19 +367,20 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
             lines.append(f"| `{row.setting}` | " + " | ".join(_fmt(row.stats.get(f'IoU/{c}')) for c in present) + " |")
     unfinished = [r for r in runs if r.status != "finished"]
     lines += ["", f"## Runs: {len(runs) - len(unfinished)} finished, {len(unfinished)} not", ""]
-    lines += [f"- {r.status}: `{r.path}` ({' '.join(r.overrides) or 'defaults'})" for r in unfinished]
+    lines += [f"- {r.status}: `{relative(r.path, base)}` ({' '.join(r.overrides) or 'defaults'})" for r in unfinished]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, runs: Sequence[Run]) -> None:
-    """Every run, one row: job dir, status, setting, seed, every metric it has."""
+def write_csv(path: Path, runs: Sequence[Run], base: Path) -> None:
+    """Every run, one row: job dir (relative to ``base``, the first sweep dir), status,
+    setting, seed, minutes, every metric it has (as logged: fractions, not %)."""
     keys = sorted({k for r in runs for k in r.metrics})
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["job", "status", "setting", "seed", "minutes", *keys])
         for r in runs:
             minutes = "" if r.minutes is None else f"{r.minutes:.2f}"
-            writer.writerow([str(r.path), r.status, r.setting, r.value("seed") or "", minutes,
+            writer.writerow([relative(r.path, base), r.status, r.setting, r.value("seed") or "", minutes,
                              *(r.metrics.get(k, "") for k in keys)])
 
 
@@ -302,16 +391,23 @@ def _numeric(value: str | None) -> float | None:
         return None
 
 
-def plot(path: Path, rows: Sequence[Row], knob: str | None, metric: str = "mIoU",
-         published: bool = True) -> None:
+def plot(path: Path, rows: Sequence[Row], knob: str | None, split: str, metric: str = "mIoU",
+         published: bool = True, title: str = "") -> None:
+    """``report.png``: :func:`report_figure` saved to ``path``."""
+    report_figure(rows, knob, split, metric, published, title).savefig(path)
+
+
+def report_figure(rows: Sequence[Row], knob: str | None, split: str, metric: str = "mIoU",
+                  published: bool = True, title: str = "") -> Figure:
     """The metric against the knob (one line per setting without the knob, error bars over
-    seeds), or one bar per setting when the study has no numeric knob."""
-    import matplotlib
+    seeds; ticks at the knob's values when they are whole numbers), or one bar per setting when
+    the study has no numeric knob. Title and axis name the split and the metric."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     knob_values = {id(r): _numeric(r.runs[0].value(knob)) if knob else None for r in rows}
     if knob and all(v is not None for v in knob_values.values()):
         lines: dict[str, list[tuple[float, tuple[float, float, int]]]] = {}
@@ -324,6 +420,9 @@ def plot(path: Path, rows: Sequence[Row], knob: str | None, metric: str = "mIoU"
             xs = [x for x, _ in points]
             ax.errorbar(xs, [s[0] for _, s in points], yerr=[s[1] for _, s in points],
                         marker="o", capsize=3, label=label)
+        values = sorted(set(knob_values.values()))
+        if all(float(v).is_integer() for v in values):  # layers, neighbours: no 1.5 layers
+            ax.set_xticks(values, [str(int(v)) for v in values])
         ax.set_xlabel(knob)
         ax.legend(fontsize=7, loc="best")
     else:
@@ -337,8 +436,8 @@ def plot(path: Path, rows: Sequence[Row], knob: str | None, metric: str = "mIoU"
                        marker="_", s=400, color="#dd8452", zorder=3, label="published")
             ax.legend(fontsize=7)
         ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylabel(f"{split} {metric} (%)")
+    ax.set_title(f"{title + ': ' if title else ''}{split} {metric}, mean ± std over seeds", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return fig

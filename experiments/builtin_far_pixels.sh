@@ -8,11 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sweep=${1:-$(ls -d "${DIFFUSION_SEG_LOGS:-logs}"/studies/builtin_heads_difficulty/*/ | sort | tail -n 1)}
 for job in "$sweep"/*/; do
-  grep -qx -- "- dataset.max_distance=8" "$job/.hydra/overrides.yaml" || continue
+  # The job's own records (job.yaml, config.yaml); .hydra/ only for job dirs from before them.
+  overrides="$job/job.yaml" config="$job/config.yaml"
+  [ -f "$overrides" ] || overrides="$job/.hydra/overrides.yaml"
+  [ -f "$config" ] || config="$job/.hydra/config.yaml"
+  grep -qx -- "- dataset.max_distance=8" "$overrides" || continue
   [ -f "$job/finished.yaml" ] && [ ! -f "$job/eval_far/metrics.yaml" ] || continue
   ckpt=$(.venv/bin/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['best_checkpoint'])" "$job/finished.yaml")
   # eval's inference options are its own: the run's CRF setting (the DeepLab-v2 + CRF row) is passed on.
-  crf=$(.venv/bin/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['task']['inference']['crf'])" "$job/.hydra/config.yaml")
+  crf=$(.venv/bin/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['task']['inference']['crf'])" "$config")
   .venv/bin/python -m diffusion_seg.eval ckpt_path="$ckpt" split=test +dataset.ignore_near=4 \
     task.inference.crf="${crf,,}" hydra.run.dir="$job/eval_far"
 done

@@ -23,19 +23,8 @@ from diffusion_seg.models.segmentor import Segmentor
 register_resolvers()
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-# Settings that make a CLI training run take seconds on CPU.
-FAST_TRAIN = [
-    "backbone=tiny",
-    "dataset=synthetic",
-    "dataset.length=32",
-    "dataset.eval_length=16",
-    "dataset.size=64",
-    "dataset.crop_size=64",
-    "dataset.batch_size=8",
-    "trainer.max_epochs=1",
-    "trainer.log_every_n_steps=1",
-    "~callbacks.model_summary",
-]
+# Settings that make a CLI training run take seconds on CPU (conf/debug/smoke.yaml).
+FAST_TRAIN = ["debug=smoke"]
 
 
 def compose_config(overrides: list[str], config_name: str = "train", output_dir: Path | None = None) -> DictConfig:

@@ -1,9 +1,13 @@
+import copy
+import pickle
+
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
-from diffusion_seg.models.backbone import TimmBackbone
+from diffusion_seg.models.backbone import InsertedAfter, TimmBackbone
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
@@ -93,3 +97,46 @@ def test_dilation_pattern_is_checked():
         TimmBackbone("test_resnet", dilation_pattern="atrous")
     with pytest.raises(ValueError, match="needs a ResNet-family backbone"):
         TimmBackbone("mobilenetv2_100", dilation_pattern="deeplab")
+
+
+class Shift(nn.Module):
+    """A module to insert: adds a constant to the stream, returns the stream as its aux."""
+
+    def forward(self, x):
+        return x + 1.0, [x]
+
+
+def test_a_module_inserted_after_a_block_runs_in_its_place():
+    torch.manual_seed(0)
+    backbone = TimmBackbone("resnet18")  # two blocks per stage
+    assert backbone.insertion_points() == [
+        "layer1.0", "layer1", "layer2.0", "layer2", "layer3.0", "layer3", "layer4.0", "output"]
+    x = torch.randn(1, 3, 32, 32)
+    block, last = backbone.model.layer3
+    with torch.no_grad():
+        plain = backbone(x)  # [layer1, .., layer4]: layer3 reads plain[1]
+        expected = last(block(plain[1]) + 1)
+    assert backbone.insertion_channels("layer3.0") == backbone.channels[2]
+    inserted = backbone.insert_after("layer3.0", Shift())
+    assert backbone.model.layer3[0] is inserted and inserted.block is block
+    assert backbone.insertion_points()[-1] == "output" and len(backbone.insertion_points()) == 8
+    backbone.insert_after("layer3", Shift())  # after the stage around the wrapped block
+    with torch.no_grad():
+        features = backbone(x)
+    torch.testing.assert_close(features[2], expected + 1)
+    assert torch.equal(features[1], plain[1]) and not torch.equal(features[3], plain[3])
+    # the aux output is handed over once; copies carry none
+    assert len(inserted.aux) == 1
+    assert not copy.deepcopy(inserted).aux and not pickle.loads(pickle.dumps(inserted)).aux
+    assert len(inserted.take_aux()) == 1 and inserted.take_aux() == []
+
+
+def test_insertion_point_errors_leave_the_backbone_as_it_was():
+    backbone = TimmBackbone("test_resnet")
+    with pytest.raises(ValueError, match=r"model\.insert_at: 'layer2\.1' is not an insertion "
+                                         r"point.*allowed: 'output', 'layer1', .*'layer2\.0'"):
+        backbone.insert_after("layer2.1", Shift())
+    with pytest.raises(ValueError, match="the output has no block to wrap"):
+        backbone.insert_after("output", Shift())
+    assert backbone.insertion_channels("output") == backbone.channels[-1]
+    assert not any(isinstance(m, InsertedAfter) for m in backbone.modules())

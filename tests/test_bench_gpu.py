@@ -37,7 +37,7 @@ def check_document(text: str) -> None:
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
 
     # Every row: PDN Table 3 (each case forward, all but the CRF forward+backward), Table 4's
-    # five, the two training rows; for bf16 and fp32.
+    # five, the two training rows, the CRF's two backends; for bf16 and fp32.
     args = argparse_namespace()
     expected = []
     for dtype in ("bfloat16", "float32"):
@@ -51,10 +51,12 @@ def check_document(text: str) -> None:
         for head in ("deeplabv2", "pdn_2m"):
             expected.append(("training step (64², batch 2, K=4)",
                              f"{train.LABELS[head]} (eager)", dtype, "step"))
+        for backend in ("exact", "lattice"):
+            expected.append(("dense CRF (32², K=21, 1 it.)", backend, dtype, "fwd"))
     assert [tuple(r[:4]) for r in rows] == expected
 
     baselines = {"DeepLab-v2 (backbone + ASPP) (network)", "Sim-DeepLab (test_resnet) total",
-                 "DeepLab-v2 (eager)"}
+                 "DeepLab-v2 (eager)", "exact"}
     for section, case, dtype, pass_, ms, ratio, peak, images, paper in rows:
         assert re.fullmatch(NUMBER, ms) and float(ms) > 0, (case, ms)
         assert ratio == "–" if case in baselines else re.fullmatch(RATIO, ratio), (case, ratio)

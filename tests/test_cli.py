@@ -33,7 +33,7 @@ def test_train_prints_table_and_writes_checkpoints_and_logs(first_run):
     assert "val metrics" in out and "disk_red" in out and "mIoU" in out and "test metrics" in out
     assert f"Run dir: {run_dir}" in out
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
-    assert "last.ckpt" in ckpts and any(n.startswith("epoch000") for n in ckpts)
+    assert "last.ckpt" in ckpts and any(n.startswith("epoch001-") for n in ckpts)  # README, "Epochs and steps"
     rows = read_metrics(run_dir)
     assert any(r.get("val/mIoU") for r in rows) and train_losses(rows)
     assert list((run_dir / "tensorboard").glob("events.out.tfevents*"))
@@ -44,6 +44,20 @@ def test_train_prints_table_and_writes_checkpoints_and_logs(first_run):
     assert wandb_runs[0].name.endswith(run_id)
     records = next(wandb_runs[0].glob("*.wandb")).read_bytes()  # the run's history records
     assert b"val/mIoU" in records and b"train/loss" in records and b"val/IoU/disk_red" in records
+
+
+def test_train_log_holds_what_the_terminal_showed(first_run):
+    """Every line the terminal showed (the config, Lightning's messages, the metric tables, the
+    final frame of each progress bar) is in train.log, which held only the 6 logger lines
+    before; a progress bar is not copied once per redraw."""
+    _, run_dir, proc = first_run
+    logged = (run_dir / "train.log").read_text().splitlines()
+    shown = [line.rstrip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    missing = [line for line in shown if line not in set(logged)]
+    assert not missing, missing[:10]
+    text = "\n".join(logged)
+    assert "val metrics (epoch" in text and "test metrics (epoch" in text and "Test metric" in text
+    assert sum(line.startswith("Epoch ") for line in logged) <= 2
 
 
 def test_resume_continues_in_the_same_run_dir_from_the_last_step(first_run):
@@ -135,7 +149,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
 def test_config_errors_are_one_clear_line(tmp_path):
     proc = run_cli("diffusion_seg.train", "backbone.output_stride=12", log_dir=tmp_path, check=False)
     assert proc.returncode != 0
-    assert "error: backbone.output_stride=12 is not supported; allowed values: [8, 16, 32]" in proc.stderr
+    assert "error: backbone.output_stride=12 is invalid; allowed: 8, 16, 32" in proc.stderr
     assert "Traceback" not in proc.stderr
     proc = run_cli("diffusion_seg.eval", f"ckpt_path={tmp_path}/none.ckpt", log_dir=tmp_path, check=False)
     assert proc.returncode == 2 and f"error: no checkpoint at {tmp_path}/none.ckpt" in proc.stderr

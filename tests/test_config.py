@@ -8,9 +8,11 @@ from omegaconf import OmegaConf
 
 from diffusion_seg import CONFIG_DIR
 from diffusion_seg.builders import build_segmentor
+from diffusion_seg import config as package_config
 from diffusion_seg.config import ConfigError, instantiate_node
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.lightning.sync_bn import TimmSyncBatchNorm
+from diffusion_seg.validation import check_command_line, config_problems
 
 from .conftest import compose_config
 
@@ -28,6 +30,7 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("name", options("backbone"))
 def test_backbone_configs_build(name):
     cfg = compose_config([f"backbone={name}", "backbone.pretrained=false"])
+    assert list(config_problems(cfg, "train")) == []
     backbone = instantiate(cfg.backbone)
     assert isinstance(backbone, TimmBackbone) and backbone.output_stride == cfg.backbone.output_stride
 
@@ -35,6 +38,7 @@ def test_backbone_configs_build(name):
 @pytest.mark.parametrize("name", options("model"))
 def test_model_configs_build_and_run_on_tiny_backbone(name):
     cfg = compose_config([f"model={name}", "backbone=tiny"])
+    assert list(config_problems(cfg, "train")) == []
     net = build_segmentor(cfg, num_classes=5)
     out = net(torch.randn(2, 3, 64, 64))
     assert out.logits.shape[:2] == (2, 5)
@@ -43,6 +47,7 @@ def test_model_configs_build_and_run_on_tiny_backbone(name):
 @pytest.mark.parametrize("name", options("dataset"))
 def test_dataset_configs_compose(name):
     cfg = compose_config([f"dataset={name}"])
+    assert list(config_problems(cfg, "train")) == []
     assert cfg.dataset._target_ == "diffusion_seg.lightning.datamodule.SegmentationDataModule"
     assert OmegaConf.select(cfg, "dataset.dataset_class")
 
@@ -50,6 +55,7 @@ def test_dataset_configs_compose(name):
 @pytest.mark.parametrize("name", options("trainer"))
 def test_trainer_configs_compose_and_cpu_ones_build(name, tmp_path):
     cfg = compose_config([f"trainer={name}"], output_dir=tmp_path)
+    assert list(config_problems(cfg, "train")) == []
     plugins = [instantiate(p) for p in cfg.trainer.plugins]
     if cfg.trainer.accelerator == "cpu":
         trainer = instantiate_node(cfg, "trainer", plugins=plugins, logger=False)
@@ -66,6 +72,7 @@ def test_logger_callback_optimizer_configs_build(group, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     for name in options(group):
         cfg = compose_config([f"{group}={name}"], output_dir=tmp_path)
+        assert list(config_problems(cfg, "train")) == []
         if group == "optimizer":
             assert isinstance(instantiate(cfg.optimizer)([torch.nn.Parameter(torch.ones(1))]), torch.optim.Optimizer)
         else:
@@ -76,6 +83,7 @@ def test_logger_callback_optimizer_configs_build(group, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment_configs_build(name):
     cfg = compose_config([f"experiment={name}"])
+    assert list(config_problems(cfg, "train")) == []
     net = build_segmentor(cfg, num_classes=7, pretrained=False)
     assert sum(p.numel() for p in net.new_parameters()) > 0
 
@@ -120,3 +128,54 @@ def test_run_seed_drives_the_augmentation_stream(tmp_path):
 
     assert torch.equal(first_crop(1), first_crop(1))
     assert not torch.equal(first_crop(1), first_crop(2))
+
+
+# -- start-up checks (diffusion_seg/validation.py) ------------------------------------------
+
+
+def test_a_trainer_argument_needs_no_plus(tmp_path):
+    """Any argument of Lightning's Trainer is a key of trainer, listed in conf/trainer/ or not
+    (it was "Key 'limit_val_batches' is not in struct")."""
+    assert check_command_line(["trainer.limit_val_batches=2", "seed=1"], "train") == [
+        "++trainer.limit_val_batches=2", "seed=1"]
+    cfg = package_config.compose_config(["trainer.limit_val_batches=2"])
+    cfg.trainer.default_root_dir = str(tmp_path)
+    assert instantiate_node(cfg, "trainer", logger=False).limit_val_batches == 2
+    # In a sweep too, and each value of the sweep is checked.
+    assert check_command_line(["-m", "trainer.limit_val_batches=1,2"], "train") == [
+        "-m", "++trainer.limit_val_batches=1,2"]
+    with pytest.raises(ConfigError, match=r"^trainer.limit_val_batches=-1 is invalid"):
+        check_command_line(["-m", "trainer.limit_val_batches=1,-1"], "train")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["trainer.max_epoch=1"], "trainer.max_epoch is not an argument of lightning.pytorch.Trainer "
+                              "(did you mean trainer.max_epochs?)"),
+    (["trainr.max_epochs=1"], "trainr.max_epochs is not a key of the train config (did you mean "
+                              "trainer.max_epochs?); add it with +trainr.max_epochs=1 if it is meant as a new key"),
+    (["task.inference.scale=[1]"], "task.inference.scale is not a key of task.inference (did you mean "
+                                   "task.inference.scales?); add it with +task.inference.scale=[1] if it is meant as a new key"),
+    (["model=pdnn"], "model=pdnn: there is no conf/model/pdnn.yaml (did you mean model=pdn?)"),
+    (["seed=1", "trainer.max_epochs=["], "cannot parse trainer.max_epochs=[: no viable alternative at input "
+                                         "'[' (see Hydra's override grammar: key=value, +key=value, ~key)"),
+    (["+trainer.max_epochs=3"], "Could not append to config. An item is already at 'trainer.max_epochs'.; "
+                                "Either remove + prefix: 'trainer.max_epochs=3'; Or add a second + to add or "
+                                "override 'trainer.max_epochs': '++trainer.max_epochs=3'"),
+])
+def test_a_misspelt_key_names_the_nearest_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        package_config.compose_config(overrides)
+    assert str(err.value) == message
+
+
+def test_a_sweep_without_multirun_and_a_bad_sweep_value_are_one_line():
+    with pytest.raises(ConfigError, match=r"^seed=1,2 is a sweep: add -m \(--multirun\)"):
+        check_command_line(["seed=1,2"], "train")
+    with pytest.raises(ConfigError, match=r"^model.neighbors='abc' is invalid; allowed: an integer"):
+        check_command_line(["-m", "model=pdn", "model.neighbors=8,abc"], "train")
+
+
+def test_help_and_config_printing_go_to_hydra_unchecked():
+    """eval --cfg job prints a config holding ckpt_path: ???; --help must not need one."""
+    for flag in ("--help", "--cfg", "--hydra-help", "-cp"):
+        assert check_command_line([flag, "job"], "eval") == [flag, "job"]

@@ -51,7 +51,8 @@ def test_check_bad_dataset_name_and_renamed_key(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["dataset=nosuch"])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith("error: In 'check': Could not find 'dataset/nosuch'")
+    assert capsys.readouterr().err.startswith(
+        "error: dataset=nosuch: there is no conf/dataset/nosuch.yaml (choices: ade20k, folder,")
     with pytest.raises(SystemExit):
         main(["dataset=voc_aug", "dataset.dataset.root=/data/voc"])
     assert "error: dataset.dataset.root was renamed: use dataset.root" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -27,7 +28,7 @@ from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.heads import FCNHead
 from diffusion_seg.models.segmentor import Segmentor
 
-from .conftest import fit_one_step
+from .conftest import fit_one_step, run_cli, run_dirs
 from diffusion_seg.lightning.task import SegmentationTask
 
 # config name → (tree builder, classes, raw label → train id)
@@ -351,3 +352,91 @@ def test_folder_classes_and_reduce_zero_label(tmp_path):
     (tmp_path / "classes.txt").write_text("a\nb\n")
     with pytest.raises(ValueError, match=r"num_classes=3 but .* lists 2 classes"):
         FolderDataset(tmp_path, "all", num_classes=3)
+
+
+# ---------------------------------------------------------------------------------------
+# Defaults that follow the data and the machine (issue 18 §5)
+
+
+def test_crop_size_null_follows_the_images(tmp_path, caplog):
+    fixtures.make_folder(tmp_path / "small", n=6, size=(64, 48))
+    with caplog.at_level(logging.INFO, logger="diffusion_seg.lightning.datamodule"):
+        dm = datamodule("folder", tmp_path / "small", "dataset.crop_size=null", "+dataset.size_divisor=32")
+    assert dm.crop_size == 64  # the longer side, a multiple of the output stride
+    assert "training crops of 64 px" in caplog.text
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["image"].shape[-2:] == (64, 64)
+    fixtures.make_folder(tmp_path / "wide", n=2, size=(700, 24), splits={"train": 1, "val": 1})
+    assert datamodule("folder", tmp_path / "wide", "dataset.crop_size=null").crop_size == 512  # capped
+    with pytest.raises(ConfigError, match=r"dataset\.crop_size=null .* no image files .* dataset\.crop_size=<pixels>"):
+        instantiate_node(compose_config(["dataset=synthetic", "dataset.crop_size=null"]), "dataset")
+
+
+def test_crop_far_above_the_images_warns_once_saying_what_to_set(tmp_path, caplog):
+    fixtures.make_folder(tmp_path, n=6, size=(64, 64))
+    with caplog.at_level(logging.WARNING, logger="diffusion_seg.lightning.datamodule"):
+        datamodule("folder", tmp_path, "dataset.crop_size=512")
+    [record] = caplog.records
+    assert "dataset.crop_size=512 is larger than every image" in record.message
+    assert "64× the pixels" in record.message and "Set dataset.crop_size=64" in record.message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="diffusion_seg.lightning.datamodule"):
+        datamodule("folder", tmp_path, "dataset.crop_size=96")  # 64² images reach 128² at scale 2
+    assert not caplog.records
+
+
+def test_num_workers_follow_the_cpus(tmp_path, monkeypatch, caplog):
+    fixtures.make_folder(tmp_path, n=4)
+    monkeypatch.setattr("lightning.fabric.utilities.data._num_cpus_available", lambda: 2)
+    monkeypatch.setattr("diffusion_seg.lightning.datamodule.available_cpus", lambda: 2)
+    auto = datamodule("folder", tmp_path, "dataset.num_workers=null", "dataset.persistent_workers=true")
+    assert auto.val_dataloader().num_workers == 1  # 2 CPUs: one loader process beside the main one
+    with caplog.at_level(logging.INFO, logger="diffusion_seg.lightning.datamodule"):
+        capped = datamodule("folder", tmp_path, "dataset.num_workers=8")
+        assert capped.val_dataloader().num_workers == capped.val_dataloader().num_workers == 2
+    assert caplog.text.count("dataset.num_workers=8 lowered to 2") == 1
+    monkeypatch.setattr("lightning.fabric.utilities.data._num_cpus_available", lambda: 64)
+    with pytest.warns(UserWarning, match="8 worker processes"):  # torch sees the 2 real CPUs
+        assert datamodule("folder", tmp_path, "dataset.num_workers=null").val_dataloader().num_workers == 8
+    zero = datamodule("folder", tmp_path, "dataset.num_workers=0", "dataset.persistent_workers=true")
+    assert not zero.val_dataloader().persistent_workers
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_pin_memory_only_when_a_gpu_trains(gpu, tmp_path, monkeypatch):
+    fixtures.make_folder(tmp_path, n=4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    dm = datamodule("folder", tmp_path, "dataset.pin_memory=true")
+    assert dm.val_dataloader().pin_memory is gpu
+
+
+def test_no_test_split_is_never_tested_under_a_test_label(tmp_path):
+    fixtures.make_folder(tmp_path / "flat", n=6)
+    fixtures.make_folder(tmp_path / "split", splits={"train": 2, "val": 1, "test": 1}, per_split=True)
+    for root, extra in ((tmp_path / "flat", ()), (tmp_path / "flat", ("dataset.test_split=val",))):
+        dm = datamodule("folder", root, *extra)
+        assert not dm.has_test_split
+        with pytest.raises(ConfigError, match=r"dataset\.test_split=.* no test split .* split=val"):
+            dm.setup("test")
+    assert datamodule("folder", tmp_path / "split", "dataset.test_split=test").has_test_split
+    for name in ("ade20k", "voc_aug", "pascal_context", "pascal_context59", "person_part"):
+        assert compose_config([f"dataset={name}"]).dataset.test_split is None  # test labels not public
+
+
+@pytest.mark.slow
+def test_folder_of_small_images_trains_with_the_defaults(tmp_path):
+    """What a laptop user gets with `dataset=folder` and nothing else set: crops of the images'
+    size, no loader warnings on 2 cores without a GPU, and a final table of the split it is."""
+    fixtures.make_folder(tmp_path / "data", n=12, size=(64, 64))
+    proc = run_cli("diffusion_seg.train", "backbone=tiny", "model=fcn", "dataset=folder",
+                   f"dataset.root={tmp_path / 'data'}", "dataset.batch_size=4", "trainer.max_epochs=1",
+                   log_dir=tmp_path / "logs")
+    out = proc.stdout + proc.stderr
+    assert "training crops of 64 px" in out
+    # torch's and Lightning's loader warnings on a 2-core machine without a GPU, before the fix
+    for warning in ("'pin_memory' argument is set as true", "worker processes in total", "does not have many workers"):
+        assert warning not in out
+    assert "No test split (dataset.test_split=null): validating" in out
+    assert "test metrics" not in out and out.count("val metrics (epoch 1, step 2)") == 2
+    finished = yaml.safe_load((run_dirs(tmp_path / "logs")[0] / "finished.yaml").read_text())
+    assert "val/mIoU" in finished["metrics"] and not any(k.startswith("test/") for k in finished["metrics"])

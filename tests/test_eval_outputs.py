@@ -4,6 +4,8 @@ CSV, from `eval` and from the end of training; `eval save_predictions=true`."""
 from __future__ import annotations
 
 import csv
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
+from diffusion_seg.lightning.task import read_checkpoint_progress
 from diffusion_seg.metrics import SegmentationMetrics
 from diffusion_seg.plots import (
     CONFUSION_FILES,
@@ -46,8 +49,8 @@ def test_reports_from_a_confusion_matrix(tmp_path):
     rows = read_rows(tmp_path / "per_class.csv")
     assert [r["class"] for r in rows] == names
     for row, iou, acc, pixels in zip(rows, results["IoU"], results["Acc"], metrics.confmat.sum(1)):
-        assert float(row["IoU"]) == pytest.approx(float(iou), abs=1e-6)
-        assert float(row["Acc"]) == pytest.approx(float(acc), abs=1e-6)
+        assert float(row["IoU (%)"]) == pytest.approx(100 * float(iou), abs=1e-4)  # percent, as the tables
+        assert float(row["Acc (%)"]) == pytest.approx(100 * float(acc), abs=1e-4)
         assert int(row["pixels"]) == int(pixels)
     pairs = confused_pairs(metrics.confmat, names, top=3)
     assert (pairs[0].true, pairs[0].predicted, pairs[0].share) == ("d", "c", 1.0)
@@ -83,8 +86,8 @@ def test_eval_writes_confusion_files_and_predictions(trained_pdn, tmp_path):
     rows = {r["class"]: r for r in read_rows(eval_dir / "per_class.csv")}
     for name in NAMES:
         if f"val/IoU/{name}" in metrics:
-            assert float(rows[name]["IoU"]) == pytest.approx(metrics[f"val/IoU/{name}"], abs=1e-6)
-    ious = [float(r["IoU"]) for r in rows.values() if r["IoU"] != "nan"]
+            assert float(rows[name]["IoU (%)"]) == pytest.approx(100 * metrics[f"val/IoU/{name}"], abs=1e-4)
+    ious = [float(r["IoU (%)"]) / 100 for r in rows.values() if r["IoU (%)"] != "nan"]
     assert np.mean(ious) == pytest.approx(metrics["val/mIoU"], abs=1e-6)
     assert (eval_dir / "confusion.png").is_file() and (eval_dir / "confused_pairs.md").is_file()
     labels = sorted((eval_dir / "predictions").glob("*.png"))
@@ -104,3 +107,32 @@ def test_training_run_writes_val_and_test_reports(trained_pdn):
             assert (run_dir / "eval" / stage / name).is_file(), (stage, name)
         _, cm = read_confusion_csv(run_dir / "eval" / stage / "confusion.csv")
         assert cm.sum() == 16 * 64 * 64
+
+
+@pytest.mark.slow
+def test_train_tables_checkpoints_csv_and_eval_agree_on_epoch_and_step(tmp_path):
+    """A 3-epoch run through the CLI: every label of one validation (its table, its checkpoint's
+    name and stored progress, its metrics.csv row, eval's table of that checkpoint) says the
+    same epoch and step, and the test table names the checkpoint it tested. Before: eval said
+    epoch 0, step 0; the test said the trainer's epoch 3; the CSV had step 47 for table 48."""
+    overrides = ["backbone=tiny", "model=fcn", "dataset=synthetic", "dataset.length=16",
+                 "dataset.eval_length=8", "dataset.size=48", "dataset.crop_size=48",
+                 "dataset.batch_size=8", "trainer.max_epochs=3", "trainer.log_every_n_steps=1"]
+    proc = run_cli("diffusion_seg.train", *overrides, log_dir=tmp_path)
+    out = proc.stdout + proc.stderr
+    tables = re.findall(r"^(val|test) metrics \(epoch (\d+), step (\d+)\)$", out, re.M)
+    run_dir = next((tmp_path / "train" / "runs").iterdir())
+    finished = yaml.safe_load((run_dir / "finished.yaml").read_text())
+    best = Path(finished["best_checkpoint"])
+    epoch, step = read_checkpoint_progress(best)
+    assert best.name.startswith(f"epoch{epoch:03d}-step{step:07d}-")
+    assert tables == [("val", "1", "2"), ("val", "2", "4"), ("val", "3", "6"), ("test", str(epoch), str(step))]
+    assert (finished["epoch"], finished["global_step"]) == read_checkpoint_progress(run_dir / "checkpoints" / "last.ckpt") == (3, 6)
+    rows = read_rows(run_dir / "csv" / "metrics.csv")
+    logged = [(key[:-5], r["epoch"], r["step"]) for r in rows for key in ("val/mIoU", "test/mIoU") if r[key]]
+    assert logged == [("val", "1", "2"), ("val", "2", "4"), ("val", "3", "6"), ("test", str(epoch), str(step))]
+    proc = run_cli("diffusion_seg.eval", f"ckpt_path={best}", log_dir=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert re.findall(r"^val metrics \(epoch (\d+), step (\d+)\)$", out, re.M) == [(str(epoch), str(step))]
+    metrics = yaml.safe_load(next((tmp_path / "eval" / "runs").iterdir()).joinpath("metrics.yaml").read_text())
+    assert "val/mIoU" in metrics and not set(metrics) & {"epoch", "step"}  # labels, not metrics

@@ -14,6 +14,7 @@ from diffusion_seg.cli.export import run_export
 from diffusion_seg.config import compose_config
 from diffusion_seg.deploy import (
     EXPORTERS,
+    INPUT_DTYPES,
     SUFFIXES,
     DeployableSegmentor,
     ExportError,
@@ -82,6 +83,30 @@ def test_round_trip(head, fmt, tmp_path):
     print(f"{head} {fmt}: max abs diff {result.max_abs_diff:.3g}")
 
 
+@pytest.mark.parametrize("input_dtype", list(INPUT_DTYPES))
+def test_onnx_takes_its_input_dtype_and_sessions_print_no_warning(input_dtype, tmp_path, capfd):
+    """The file takes the dtype it was written for, with ONNX Runtime as a user runs it (default
+    session options), equal to PyTorch; PDN's ring kernels once left CastLike nodes that made
+    every session print a constant-folding warning per node. The other dtype is refused."""
+    net = tiny("pdn")
+    dtype = INPUT_DTYPES[input_dtype]
+    result = export(net, "onnx", tmp_path / "pdn.onnx", MEAN, STD, 8, [sample_input(37, 51)],
+                    dynamic=False, input_dtype=input_dtype)
+    assert result.input_dtype == input_dtype
+    capfd.readouterr()
+    session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = sample_input(37, 51, seed=3).to(dtype)
+    (got,) = session.run(None, {"image": x.numpy()})
+    assert "[W:onnxruntime" not in capfd.readouterr().err
+    assert session.get_inputs()[0].type == {"float32": "tensor(float)", "uint8": "tensor(uint8)"}[input_dtype]
+    with torch.no_grad():
+        expected = DeployableSegmentor(net, MEAN, STD, 8)(x)
+    assert torch.allclose(torch.from_numpy(got), expected, atol=1e-4)
+    other = next(d for d in INPUT_DTYPES.values() if d != dtype)
+    with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument):
+        session.run(None, {"image": x.to(other).numpy()})
+
+
 def test_an_exporter_failure_names_head_format_and_reason(tmp_path, monkeypatch):
     def fails(*args, **kwargs):
         raise RuntimeError("aten::foo is not supported at opset 18\nlong details")
@@ -112,3 +137,17 @@ def test_export_command(trained_pdn, tmp_path):
     cfg = compose_config([f"ckpt_path={ckpt}", "format=torchscript", f"output={tmp_path / 'model'}"], "export")
     with pytest.raises(UserError, match="last.pt exists; pass overwrite=true"):
         run_export(cfg)
+
+
+@pytest.mark.slow
+def test_onnx_command_json_describes_the_model(trained_pdn, tmp_path):
+    """The .json's input dtype and layout are the ONNX model's: uint8 here, any batch size."""
+    _, ckpt = trained_pdn
+    run_cli("diffusion_seg.export", f"ckpt_path={ckpt}", "format=onnx", "input_dtype=uint8",
+            f"output={tmp_path / 'model.onnx'}", "input_size=[40,56]", log_dir=tmp_path / "logs")
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["input_dtype"] == "uint8" and meta["input"].startswith("N×3×H×W RGB uint8") and meta["dynamic_size"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    (logits,) = session.run(None, {"image": sample_input(33, 47, batch=3).numpy()})
+    assert logits.shape == (3, len(meta["class_names"]), 33, 47)

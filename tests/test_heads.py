@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from diffusion_seg.models.backbone import TimmBackbone
-from diffusion_seg.models.heads import ASPPClassifier, DeepLabV2Head, FCNHead
+from diffusion_seg.models.heads import DeepLabV2Head, FCNHead
+from diffusion_seg.models.layers import ASPPClassifier
 from diffusion_seg.models.segmentor import Segmentor
 
 

@@ -1,9 +1,11 @@
-"""The layers hold: the torch core imports no Lightning or Hydra, every command is reachable
-under its documented names, learning-rate groups survive pickling, and renamed config keys
-point to their new names."""
+"""The layers hold: the torch core imports no Lightning or Hydra, each model family stands
+alone, every command is reachable under its documented names, learning-rate groups survive
+pickling, renamed config keys point to their new names and checkpoints of an older layout
+still evaluate to their numbers."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import pickle
@@ -19,13 +21,14 @@ import torch
 import diffusion_seg
 from diffusion_seg.config import compose_config, renamed_key_error
 from diffusion_seg.errors import ConfigError
-from diffusion_seg.lightning.checkpoint import upgrade_config
+from diffusion_seg.lightning.checkpoint import load_checkpoint_file, load_segmentor, upgrade_config
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.pdn import PDNHead
 from diffusion_seg.models.segmentor import Segmentor
 
 PACKAGE = Path(diffusion_seg.__file__).parent
 ROOT = PACKAGE.parent
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def core_modules() -> list[str]:
@@ -51,6 +54,35 @@ def test_core_imports_neither_lightning_nor_hydra():
     assert len(core_modules()) >= 15  # the check covers the whole core, not an empty list
 
 
+# What each module of models/ may import from models/: a model family (one file per paper or
+# baseline) builds on the shared blocks, the head bases and the backbone, never on another
+# family; the head bases on the blocks and the backbone; those two on nothing of the project.
+FAMILIES = ("pdn", "lg_lstm", "pspnet", "deeplabv3", "difnet")
+MODEL_IMPORTS = {
+    "layers": set(),
+    "backbone": set(),
+    "heads": {"layers", "backbone"},
+    **{family: {"layers", "heads", "backbone"} for family in FAMILIES},
+}
+
+
+def project_imports(path: Path) -> set[str]:
+    """The ``diffusion_seg`` modules a file imports (at any depth of its code)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module if not node.level else f"diffusion_seg.models.{node.module}")
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {name for name in names if name.split(".")[0] == "diffusion_seg"}
+
+
+def test_model_families_stand_alone():
+    for stem, allowed in MODEL_IMPORTS.items():
+        imports = project_imports(PACKAGE / "models" / f"{stem}.py")
+        assert imports <= {f"diffusion_seg.models.{name}" for name in allowed}, stem
+
+
 def test_every_command_resolves_under_its_names():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     for target in scripts.values():
@@ -58,11 +90,6 @@ def test_every_command_resolves_under_its_names():
         assert callable(getattr(import_module(module), func)), target
     for command in ("train", "eval", "check", "prepare", "visualize"):
         assert import_module(f"diffusion_seg.{command}").main is import_module(f"diffusion_seg.cli.{command}").main
-    # the 0.1.0 names of two commands still run them
-    for old, new in (("data.check", "check"), ("data.prepare", "prepare")):
-        help_text = subprocess.run([sys.executable, "-m", f"diffusion_seg.{old}", "--help"],
-                                   capture_output=True, text=True, cwd=ROOT)
-        assert help_text.returncode == 0 and f"diffusion_seg.{new}" in help_text.stdout
 
 
 def pdn_net() -> Segmentor:
@@ -79,15 +106,16 @@ def group_sizes(net: Segmentor) -> tuple[int, int]:
                          ids=["pickle", "deepcopy"])
 def test_learning_rate_groups_survive_pickle_and_deepcopy(round_trip):
     net = pdn_net()
-    backbone_names = {n for n, _ in net.backbone.named_parameters()}
     before = group_sizes(net)
-    assert before[0] == len(backbone_names) and before[1] > 0
+    assert before[0] == len(net.pretrained_names) and before[1] > 0
     copied = round_trip(net)
-    assert group_sizes(copied) == before
-    # same parameters by name, and the module hooked inside layer3 is still "new"
+    assert group_sizes(copied) == before and copied.pretrained_names == net.pretrained_names
+    # the module inserted into layer3 is "new" though it sits in the backbone ...
     new_names = {n for n, p in copied.named_parameters() if n not in copied.pretrained_names}
-    assert any(n.startswith("head.pdn.0.") for n in new_names)
-    assert {f"backbone.{n}" for n in backbone_names} == set(copied.pretrained_names)
+    assert any(n.startswith("backbone.model.layer3.module.") for n in new_names)
+    assert all(n.startswith("backbone.") and ".module." not in n for n in copied.pretrained_names)
+    # ... and the copy's head reads the copy's modules
+    assert copied.head.pdn[0] is copied.backbone.model.layer3.module
 
 
 def test_renamed_keys_name_their_new_spelling():
@@ -143,3 +171,29 @@ def test_an_old_run_config_is_upgraded_and_builds():
     dm = build_datamodule(cfg, build_backbone(cfg))
     assert len(dm.val_set) == 2 and dm.val_set.sample_seed == 3
     assert upgrade_config(copy.deepcopy(new)) == new  # today's layout is left as it is
+
+
+@pytest.mark.parametrize("name", ["pdn", "lg_lstm"])
+def test_a_checkpoint_of_the_hooked_layout_evaluates_to_its_numbers(name):
+    """Checkpoints written while PDN's and LG-LSTM's modules inside the backbone were forward
+    hooks (their weights under ``head.pdn.<i>.`` / ``head.lg.``, the wrapped blocks without a
+    ``block.`` level; tests/fixtures/make_old_layout.py) load as they are and give the
+    outputs they gave then: a module after a block, one after the stage around it, one on
+    the output."""
+    path = FIXTURES / f"{name}_hooked_layout.pt"
+    old_keys = set(load_checkpoint_file(path)["state_dict"])
+    net, _ = load_segmentor(path)
+    moved = net.former_keys()  # the keys that moved since: the checkpoint has the old ones
+    assert moved and all(f"net.{old}" in old_keys and f"net.{key}" not in old_keys
+                         for key, old in moved.items())
+    expected = load_checkpoint_file(path)["expected"]
+    with torch.no_grad():
+        out = net(expected["image"])
+    torch.testing.assert_close(out.logits, expected["logits"])
+    assert out.aux.keys() == expected["aux"].keys()
+    for key, logits in expected["aux"].items():
+        torch.testing.assert_close(out.aux[key], logits, msg=key)
+    # saved again, the network has today's layout, which loads as it is
+    state = net.state_dict()
+    assert not set(net.former_keys().values()) & set(state)
+    net.load_state_dict(state)

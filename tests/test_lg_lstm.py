@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_seg.models.backbone import TimmBackbone
+from diffusion_seg.models.backbone import InsertedAfter, TimmBackbone
 from diffusion_seg.models.lg_lstm import (
     NEIGHBOR_OFFSETS,
     LGLSTMHead,
@@ -197,6 +197,8 @@ def test_head_inside_the_backbone(tiny: TimmBackbone) -> None:
     head = functools.partial(LGLSTMHead, layers=1, hidden=4, insert_at="layer3", classifier="1x1")
     net = Segmentor(TimmBackbone(**tiny.config), head, num_classes=3)
     assert net.head.lg.proj_in.in_channels == tiny.channels[2]
+    assert net.backbone.model.layer3.module is net.head.lg  # wraps layer3 (print(net) shows it)
+    assert not net.head.on_output and not any(m._forward_hooks for m in net.modules())
     image = torch.randn(1, 3, 32, 32)
     out = net(image)
     assert sorted(out.aux) == ["lg_layer1"]
@@ -223,4 +225,4 @@ def test_option_errors(tiny: TimmBackbone) -> None:
         LGLSTMHead(tiny, 3, classifier="crf")
     with pytest.raises(ValueError, match=r"model\.insert_at: 'layer9'.*allowed: 'output'"):
         LGLSTMHead(tiny, 3, insert_at="layer9")
-    assert not tiny.stage(2)._forward_hooks
+    assert not any(isinstance(m, InsertedAfter) for m in tiny.modules())

@@ -1,18 +1,29 @@
 """Properties of the pathfinder benchmark that hold by construction (see its docstring)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 
 from diffusion_seg.data.pathfinder import (
     CELL,
     CLASS_NAMES,
     IGNORE,
     PALETTE,
+    WHOLE_CELLS,
     PathfinderDataset,
+    flood_oracle,
     proximity_conflict,
     render,
 )
+from diffusion_seg.bench import oracle
+from diffusion_seg.config import compose_config
+from diffusion_seg.data.transforms import build_train_transform
+from diffusion_seg.errors import ConfigError
+from diffusion_seg.studies import gather
 
 FAR = 3 * CELL  # px along the path: "far" pixels for these tests
 
@@ -236,7 +247,7 @@ def test_bad_options_are_reported():
         PathfinderDataset("dev")
     with pytest.raises(ValueError, match="distractor_label"):
         PathfinderDataset(distractor_label="other")
-    for option, value in [("width", 8), ("interleave", 0), ("jitter", 3.0), ("size", 16),
+    for option, value in [("width", 9), ("interleave", 0), ("jitter", 3.0), ("size", 16),
                           ("max_distance", 0), ("cue_size", 13)]:
         with pytest.raises(ValueError, match=f"dataset.{option}={value}"):
             PathfinderDataset(**{option: value})
@@ -244,3 +255,118 @@ def test_bad_options_are_reported():
         PathfinderDataset(size=32, max_distance=12, num_paths=3).generate(0)
     with pytest.raises(ValueError, match="classes"):
         PathfinderDataset().sample(0, override_classes=[1, 2])
+
+
+def test_items_carry_the_context_maps():
+    ds = PathfinderDataset("val", length=4)
+    any_misleading = False
+    for i in range(4):
+        s, item = ds.sample(i), ds[i]
+        path = (s.label >= 1) & (s.label <= 3)
+        distance = item["cue_distance"].numpy()
+        assert item["cue_distance"].dtype == torch.float32 and item["misleading"].dtype == torch.bool
+        assert np.allclose(distance[s.distance >= 0], s.distance[s.distance >= 0] / CELL)
+        assert (distance[s.distance < 0] == -1).all()
+        misleading = item["misleading"].numpy()
+        assert not misleading[~path].any()
+        assert np.array_equal(misleading[path], (s.nearest_cue_class() != s.label)[path])
+        any_misleading |= misleading.any()
+    assert any_misleading
+
+
+def test_flips_move_the_context_maps_with_the_label():
+    transform = build_train_transform(64, (0.5,) * 3, (0.25,) * 3, scale_range=(1.0, 1.0))
+    ds = PathfinderDataset("train", length=1, transform=transform)
+    s = ds.sample(0)
+    path = (s.label >= 1) & (s.label <= 3)
+    seen = set()
+    for seed in range(8):
+        transform.set_random_seed(seed)
+        item = ds[0]
+        flipped = not np.array_equal(item["mask"].numpy(), s.label)
+        flip = (lambda a: a[:, ::-1]) if flipped else (lambda a: a)
+        assert np.array_equal(item["mask"].numpy(), flip(s.label))
+        assert np.array_equal(item["cue_distance"].numpy(), flip(np.where(
+            s.distance >= 0, s.distance / CELL, -1).astype(np.float32)))
+        assert np.array_equal(item["misleading"].numpy(),
+                              flip(path & (s.nearest_cue_class() != s.label)))
+        seen.add(flipped)
+    assert seen == {True, False}
+
+
+@pytest.mark.parametrize("geometry, ceiling", [({}, (0.5, 0.8)), (WHOLE_CELLS, (0.85, 0.97))],
+                         ids=["thin curves", "whole cells"])
+def test_flood_oracle_solves_far_and_misleading_pixels_without_reading_labels(geometry, ceiling):
+    ds = PathfinderDataset("test", length=8, max_distance=8, **geometry)
+    metrics = oracle.evaluate(ds)
+    assert metrics["test/color_acc/far_misleading"] == 1.0 and metrics["test/color_n/far_misleading"] > 500
+    assert metrics["test/color_acc/d6+"] == 1.0 and metrics["test/grid_mIoU"] == 1.0
+    # Every cell right, yet a cell's logits upsampled bilinearly cannot draw a thin path,
+    # nor the corners and ends of a whole-cell one: pixel mIoU has a ceiling below 100.
+    assert metrics["test/path_recall"] > 0.95 and ceiling[0] < metrics["test/mIoU"] < ceiling[1]
+    s = ds.sample(0)
+    blind = dataclasses.replace(s, label=np.zeros_like(s.label), distance=-np.ones_like(s.distance))
+    assert np.array_equal(flood_oracle(blind), flood_oracle(s))
+    # The cue's colour is the only class information it uses.
+    other = ds.sample(0, override_classes=other_classes(s.classes))
+    assert np.array_equal(flood_oracle(other), other_classes(flood_oracle(s)) * (flood_oracle(s) > 0))
+
+
+def test_oracle_rows_join_a_study_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, distance in enumerate((2, 8)):
+        cfg = compose_config(["dataset=pathfinder", f"dataset.max_distance={distance}",
+                              "dataset.eval_length=2"])
+        (sweep / str(job) / ".hydra").mkdir(parents=True)
+        overrides = ["experiment=pathfinder_fcn", f"dataset.max_distance={distance}",
+                     "seed=1", "study=builtin_heads_difficulty"]
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        config = {"study": {"name": "builtin_heads_difficulty"},
+                  "dataset": OmegaConf.to_container(cfg.dataset, resolve=True)}
+        (sweep / str(job) / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    oracle.main(["--sweep", str(sweep)])
+    runs = {r.path.name: r for r in gather([sweep])}
+    assert {"oracle_0", "oracle_1"} <= set(runs)
+    far = runs["oracle_1"]
+    assert far.status == "finished" and far.metrics["test/color_acc/d6+"] == 1.0
+    assert "dataset.max_distance=8" in far.setting and oracle.ROW in far.setting
+
+
+def test_cache_renders_each_sample_once_and_changes_nothing(monkeypatch):
+    plain, cached = PathfinderDataset("train", length=3), PathfinderDataset("train", length=3, cache=True)
+    renders = []
+    original = cached.sample
+    monkeypatch.setattr(cached, "sample", lambda i: renders.append(i) or original(i))
+    for _ in range(2):
+        for i in range(3):
+            a, b = plain[i], cached[i]
+            assert a.keys() == b.keys() and a["name"] == b["name"]
+            assert all(torch.equal(a[k], b[k]) for k in a if k != "name")
+    assert renders == [0, 1, 2]
+
+
+def test_the_transform_never_writes_into_the_cache():
+    transform = build_train_transform(64, (0.5,) * 3, (0.25,) * 3, scale_range=(1.0, 1.0))
+    ds = PathfinderDataset("train", length=2, cache=True, transform=transform)
+    for seed in range(4):
+        transform.set_random_seed(seed)
+        ds[0], ds[1]
+    for i in range(2):
+        image, label, maps = ds._cache[i]
+        fresh = ds.sample(i)
+        assert np.array_equal(image, fresh.image) and np.array_equal(label, fresh.label)
+
+
+def test_the_benchmark_config_draws_every_path_as_whole_cells():
+    node = compose_config(["dataset=pathfinder"]).dataset
+    assert {k: node[k] for k in WHOLE_CELLS} == WHOLE_CELLS
+    ds = PathfinderDataset("val", length=8, **WHOLE_CELLS)
+    for i in range(8):
+        s = ds.sample(i)
+        cells = s.label.reshape(8, CELL, 8, CELL).transpose(0, 2, 1, 3).reshape(64, -1)
+        assert all(len(np.unique(c)) == 1 for c in cells)  # one class (or ignore) per cell
+
+
+def test_oracle_reports_an_impossible_layout_as_a_config_error():
+    with pytest.raises(ConfigError, match="dataset.max_distance"):
+        oracle.main(["dataset.max_distance=30", "dataset.eval_length=1"])

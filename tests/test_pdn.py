@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion_seg.models.backbone import TimmBackbone
+from diffusion_seg.models.backbone import InsertedAfter, TimmBackbone
 from diffusion_seg.models.pdn import (
     DiffusionLayer,
     DiffusionModule,
@@ -301,12 +301,13 @@ def test_two_modules_in_the_tiny_backbone(tiny: TimmBackbone) -> None:
     assert sorted(out.aux) == [f"pdn{m}_layer{t}" for m in (1, 2) for t in (1, 2)]
     assert all(a.shape == (2, 3, 4, 4) for a in out.aux.values())
 
-    # every parameter of both modules is "new" (10× lr), none is the backbone's
+    # every parameter of both modules is "new" (10× lr), none of the backbone's own is
     new = {id(p) for p in net.new_parameters()}
-    assert all(id(p) in new for p in net.head.pdn.parameters())
-    assert not any(id(p) in new for p in net.backbone.parameters())
+    modules = {id(p) for p in net.head.pdn.parameters()}
+    assert modules <= new
+    assert not any(id(p) in new for p in net.backbone.parameters() if id(p) not in modules)
 
-    # the module hooked after layer3 sits on the main path: the final loss reaches its
+    # the module inserted after layer3 sits on the main path: the final loss reaches its
     # (zero-initialised) output projection through layer4 ...
     target = torch.randint(0, 3, (2, 4, 4))
     F.cross_entropy(out.logits, target).backward(retain_graph=True)
@@ -318,7 +319,7 @@ def test_two_modules_in_the_tiny_backbone(tiny: TimmBackbone) -> None:
     for module in net.head.pdn:
         for layer in module.layers:
             assert layer.taps.grad.abs().sum() > 0
-    # the hooked module's output replaces layer3's: layer4 sees it
+    # the inserted module's output replaces layer3's: layer4 sees it
     with torch.no_grad():
         inner.proj_out.weight.normal_()
         assert not torch.equal(net(torch.ones(1, 3, 32, 32)).logits, out.logits[:1])
@@ -340,9 +341,9 @@ def test_insertion_point_errors(tiny: TimmBackbone) -> None:
         PDNHead(tiny, 3, hidden=4, insert_at=["layer3", "output"])
     with pytest.raises(ValueError, match=r"model\.classifier='crf'"):
         PDNHead(tiny, 3, hidden=4, classifier="crf")
-    with pytest.raises(ValueError, match=r"'layer3\.7'"):  # the valid first point is not hooked
+    with pytest.raises(ValueError, match=r"'layer3\.7'"):  # the valid first point is not wrapped
         PDNHead(tiny, 3, hidden=4, modules=2, insert_at=["layer3", "layer3.7"])
-    assert not tiny.stage(2)._forward_hooks
+    assert not any(isinstance(m, InsertedAfter) for m in tiny.modules())
 
 
 def test_default_insertion_points_walk_back_from_the_output() -> None:
@@ -352,8 +353,8 @@ def test_default_insertion_points_walk_back_from_the_output() -> None:
     assert default_insertion_points(resnet18, 3) == ["layer3", "layer4.0", "output"]
 
 
-def test_deepcopy_keeps_hooks_on_the_copy(tiny: TimmBackbone) -> None:
-    """A deep copy (EMA / SWA callbacks) runs its own hooked modules, not the original's."""
+def test_deepcopy_runs_its_own_modules(tiny: TimmBackbone) -> None:
+    """A deep copy (EMA / SWA callbacks) runs its own inserted modules, not the original's."""
     import copy
 
     head = functools.partial(PDNHead, modules=2, layers=1, hidden=4, classifier="1x1")
@@ -364,5 +365,26 @@ def test_deepcopy_keeps_hooks_on_the_copy(tiny: TimmBackbone) -> None:
     image = torch.randn(1, 3, 32, 32)
     out, out_clone = net(image), clone(image)
     assert sorted(out_clone.aux) == ["pdn1_layer1", "pdn2_layer1"]
-    assert not net.head._pending_aux and not clone.head._pending_aux
+    # the aux logits left inside the backbone were all handed to the head
+    assert not any(m.aux for m in [*net.modules(), *clone.modules()] if isinstance(m, InsertedAfter))
     assert not torch.equal(out.logits, out_clone.logits)
+
+
+def test_modules_show_where_they_run(tiny: TimmBackbone) -> None:
+    """An inner module wraps its block (no hook): ``print(net)`` shows it inside the backbone,
+    its weights are named there, and the head runs only the one on the output."""
+    head = functools.partial(PDNHead, modules=3, layers=1, hidden=4, insert_at=["layer2.0", "layer3", "output"])
+    net = Segmentor(TimmBackbone(**tiny.config), head, num_classes=3)
+    assert not any(m._forward_hooks for m in net.modules())
+    block, stage = net.backbone.model.layer2[0], net.backbone.model.layer3
+    assert isinstance(block, InsertedAfter) and isinstance(stage, InsertedAfter)
+    assert [block.module, stage.module, net.head.on_output["pdn3"]] == list(net.head.pdn)
+    assert repr(net.backbone).count("DiffusionModule") == 2
+    names = {n for n, _ in net.named_parameters()}
+    assert {"backbone.model.layer2.0.module.layers.0.taps", "backbone.model.layer3.module.proj_out.weight",
+            "backbone.model.layer3.block.0.conv1.weight", "head.on_output.pdn3.layers.0.taps"} <= names
+    assert net.head.insert_at == ["layer2.0", "layer3", "output"]
+    # the backbone's points are those of the network as built, wrapped blocks included
+    assert net.backbone.insertion_points() == tiny.insertion_points()
+    assert sorted(net(torch.randn(1, 3, 32, 32)).aux) == [f"pdn{m}_layer1" for m in (1, 2, 3)]
+    assert set(net.head.diagnostics()) == {"pdn1_out_norm", "pdn2_out_norm", "pdn3_out_norm"}

@@ -34,8 +34,8 @@ def test_one_training_step_with_intermediate_supervision(tmp_path: Path) -> None
     assert groups["new"]["lr"] == pytest.approx(groups["backbone"]["lr"] * cfg.task.new_lr_mult)
 
     after = net.state_dict()
-    for name in ("head.pdn.0.layers.0.taps", "head.pdn.1.layers.1.taps",
-                 "head.pdn.0.proj_out.weight", "head.pdn.1.classifiers.1.weight",
+    for name in ("backbone.model.layer3.module.layers.0.taps", "head.on_output.pdn2.layers.1.taps",
+                 "backbone.model.layer3.module.proj_out.weight", "head.on_output.pdn2.classifiers.1.weight",
                  "head.classifier.branches.0.weight"):
         assert not torch.equal(before[name], after[name]), f"{name} did not train"
     logged = set(trainer.callback_metrics)

@@ -53,7 +53,7 @@ def test_wandb_and_tensorboard_runs_hold_the_sample_images(trained_pdn):
 @pytest.mark.slow
 def test_csv_only_run_writes_pngs(trained_difnet):
     run_dir, _ = trained_difnet
-    pngs = sorted((run_dir / "pictures" / "epoch000").glob("*.png"))
+    pngs = sorted((run_dir / "pictures" / "epoch001").glob("*.png"))  # the table's "epoch 1"
     assert [p.name for p in pngs] == [f"{i:02d}_val_{i:05d}.png" for i in range(4)]
     with Image.open(pngs[0]) as img:
         # image | ground truth | prediction | overlay, 64 px each with 2 px gaps

@@ -13,11 +13,18 @@ from diffusion_seg.cli.report import main
 
 
 def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None,
-             study: dict | None = None, status: str = "finished") -> Path:
+             study: dict | None = None, status: str = "finished", legacy: bool = False) -> Path:
+    """A job dir as a training job leaves it: its own records (job.yaml, config.yaml), Hydra's
+    .hydra/ and, once done, finished.yaml; ``legacy``: a job dir from before the job's own
+    records (.hydra/ only)."""
     job = sweep / str(num)
+    config = {"seed": 0, **({"study": study} if study else {})}
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 0, **({"study": study} if study else {})}))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    if not legacy:
+        (job / "job.yaml").write_text(yaml.safe_dump({"overrides": sorted(overrides), "attempts": []}))
+        (job / "config.yaml").write_text(yaml.safe_dump(config))
     if metrics is not None:
         (job / "finished.yaml").write_text(yaml.safe_dump({"status": status, "metrics": metrics}))
     return job
@@ -103,14 +110,19 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert code == 2 and "no run in" in err and "has finished yet" in err
 
 
+def set_attempts(job: Path, attempts: list[dict]) -> None:
+    record = yaml.safe_load((job / "job.yaml").read_text())
+    (job / "job.yaml").write_text(yaml.safe_dump({**record, "attempts": attempts}))
+
+
 def test_wall_time_from_the_last_start_to_the_completion_marker(tmp_path, capsys):
-    """The run's minutes: its last recorded start (a resumed run's earlier attempt does not
-    count) to the completion marker; mean ± std per setting and a CSV column."""
+    """Records without attempt ends (before they were written): the last fresh start (an
+    earlier run trained over does not count) to the completion marker; mean ± std per setting
+    and a CSV column."""
     sweep = tmp_path / "sweep"
     for num, (seed, minutes) in enumerate([(1, 3.0), (2, 5.0)]):
         job = make_job(sweep, num, ["study=toy", "model=pdn", f"seed={seed}"], metrics(0.5), STUDY)
-        attempts = [{"time": 100.0, "action": "start"}, {"time": 1000.0, "action": "start"}]
-        (job / "job.yaml").write_text(yaml.safe_dump({"overrides": [], "attempts": attempts}))
+        set_attempts(job, [{"time": 100.0, "action": "start"}, {"time": 1000.0, "action": "start"}])
         marker = yaml.safe_load((job / "finished.yaml").read_text())
         (job / "finished.yaml").write_text(yaml.safe_dump({**marker, "time": 1000.0 + 60 * minutes}))
     make_job(sweep, 2, ["study=toy", "model=fcn", "seed=1"], metrics(0.4), STUDY)  # no record
@@ -139,3 +151,117 @@ def test_report_of_a_re_evaluation_of_every_run(tmp_path, capsys):
     assert f"| 35.00 ± {statistics.stdev([30.0, 40.0]):.2f} |" in report
     assert "evaluation `<job>/far/metrics.yaml`" in report
     assert "- not evaluated (far/metrics.yaml missing): `" in report
+
+
+def test_wall_time_sums_the_attempts_not_the_pause_between(tmp_path, capsys):
+    """Killed after 10 min, resumed a day later for 5 min, skipped by a later relaunch: 15 min
+    (first start → final end would say a day). An attempt that left no end before a resume
+    makes the time unknown rather than wrong."""
+    sweep = tmp_path / "sweep"
+    day = 24 * 3600.0
+    job = make_job(sweep, 0, ["study=toy", "model=pdn", "seed=1"], metrics(0.5), STUDY)
+    set_attempts(job, [{"time": 0.0, "end": 600.0, "action": "start"},
+                       {"time": day, "end": day + 300.0, "action": "resume"},
+                       {"time": 2 * day, "end": 2 * day + 1.0, "action": "skip"}])
+    killed = make_job(sweep, 1, ["study=toy", "model=pdn", "seed=2"], metrics(0.5), STUDY)
+    set_attempts(killed, [{"time": 0.0, "action": "start"}, {"time": day, "end": day + 300.0, "action": "resume"}])
+    assert run(capsys, sweep)[0] == 0
+    with open(sweep / "runs.csv") as f:
+        assert [r["minutes"] for r in csv.DictReader(f)] == ["15.00", ""]
+    report = (sweep / "report.md").read_text()
+    assert "| 15.00 |" in report and "summed over its attempts" in report
+
+
+def test_the_report_reads_what_each_job_recorded_not_hydras_files(tmp_path, capsys):
+    """A later launch into the sweep dir rewrote job 1's .hydra/ (neighbors=48): the report
+    shows what the job ran (its job.yaml: 24) and the command from the jobs' records."""
+    sweep = tmp_path / "sweep"
+    study = {**STUDY, "knob": "model.neighbors", "command": "python -m diffusion_seg.train -m study=toy"}
+    for num, neighbors in enumerate((8, 24)):
+        make_job(sweep, num, ["study=toy", "model=pdn", f"model.neighbors={neighbors}", "seed=1"], metrics(0.5), study)
+    (sweep / "1" / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump(["study=toy", "model=pdn", "model.neighbors=48", "seed=1"]))
+    (sweep / "1" / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"study": study, "model": {"neighbors": 48}}))
+    assert run(capsys, sweep)[0] == 0
+    report = (sweep / "report.md").read_text()
+    assert "| `model.neighbors=24` | 1 |" in report and "48" not in report
+    assert "python -m diffusion_seg.train -m study=toy model.neighbors=8,24 model=pdn seed=1\n" in report
+    assert "-m study=toy\n" not in report  # the study's canonical command is not what ran
+    assert ".hydra" not in report  # every job has its own record
+
+
+def test_old_job_dirs_fall_back_to_hydras_files_and_the_report_says_so(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["model=fcn", "seed=1"], metrics(0.4), legacy=True)
+    make_job(sweep, 1, ["model=pdn", "seed=1"], metrics(0.5))
+    assert run(capsys, sweep)[0] == 0
+    report = (sweep / "report.md").read_text()
+    assert "| `model=fcn` | 1 |" in report and "| `model=pdn` | 1 |" in report
+    assert "1 of the 2 runs have no `job.yaml` / `config.yaml`" in report and "`.hydra/`" in report
+
+
+def test_the_command_of_runs_that_are_not_a_grid_is_one_line_per_setting(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for num, (lr, seed) in enumerate([(0.1, 1), (0.1, 2), (0.01, 1)]):  # no (0.01, seed 2): not a grid
+        make_job(sweep, num, ["model=pdn", f"optimizer.lr={lr}", f"seed={seed}"], metrics(0.5))
+    assert run(capsys, sweep)[0] == 0
+    report = (sweep / "report.md").read_text()
+    assert ("```\npython -m diffusion_seg.train -m model=pdn optimizer.lr=0.1 seed=1,2\n"
+            "python -m diffusion_seg.train -m model=pdn optimizer.lr=0.01 seed=1\n```") in report
+
+
+def test_paths_in_the_report_are_relative_to_the_sweep_dir(tmp_path, capsys):
+    sweep = tmp_path / "logs" / "2026-11-21_10-00-00"
+    make_job(sweep, 0, ["model=fcn", "seed=1"], metrics(0.4))
+    make_job(sweep, 1, ["model=fcn", "seed=2"], None)
+    other = tmp_path / "logs" / "2026-11-22_10-00-00"
+    make_job(other, 0, ["model=fcn", "seed=3"], metrics(0.5))
+    assert run(capsys, sweep, other, "--out", tmp_path / "out")[0] == 0
+    for name in ("report.md", "runs.csv"):
+        assert str(tmp_path) not in (tmp_path / "out" / name).read_text(), name
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Runs from `2026-11-21_10-00-00`, `../2026-11-22_10-00-00`;" in report
+    assert "- unfinished: `1` (model=fcn seed=2)" in report
+    with open(tmp_path / "out" / "runs.csv") as f:
+        assert [r["job"] for r in csv.DictReader(f)] == ["0", "1", "../2026-11-22_10-00-00/0"]
+
+
+def test_the_plot_names_split_and_metric_and_keeps_whole_knobs_whole(tmp_path):
+    from diffusion_seg.studies import aggregate, gather, report_figure
+
+    sweep = tmp_path / "sweep"
+    study = {"name": "toy", "knob": "model.layers"}
+    for num, layers in enumerate((1, 2, 4)):
+        make_job(sweep, num, ["model=pdn", f"model.layers={layers}"], metrics(0.5 + layers / 100, "val"), study)
+    rows = aggregate(gather([sweep]), "val")
+    ax = report_figure(rows, "model.layers", "val", title="toy").axes[0]
+    assert list(ax.get_xticks()) == [1, 2, 4]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+    assert "val mIoU" in ax.get_title() and "toy" in ax.get_title() and ax.get_ylabel() == "val mIoU (%)"
+
+
+def test_per_class_csv_holds_percent_like_the_tables(tmp_path):
+    from diffusion_seg.plots import write_per_class_csv
+
+    confmat = [[3, 1], [0, 4]]  # IoU: 3/4 and 4/5
+    write_per_class_csv(tmp_path / "per_class.csv", confmat, ["a", "b"])
+    with open(tmp_path / "per_class.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["class"], r["IoU (%)"], r["Acc (%)"]) for r in rows] == [("a", "75.0000", "75.0000"),
+                                                                       ("b", "80.0000", "100.0000")]
+
+
+def test_every_command_has_a_console_script():
+    """Each ``python -m diffusion_seg.<command>`` (a module of diffusion_seg/cli with a main, and
+    bench) is also a ``diffusion-seg-<command>`` script of pyproject.toml."""
+    import ast
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    commands = {p.stem for p in (root / "diffusion_seg" / "cli").glob("*.py")
+                if any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in ast.parse(p.read_text()).body)}
+    assert commands >= {"train", "eval", "report"}
+    for command in commands:
+        assert scripts.get(f"diffusion-seg-{command}") == f"diffusion_seg.cli.{command}:main", command
+    assert scripts["diffusion-seg-bench"] == "diffusion_seg.bench.__main__:main"

@@ -89,10 +89,10 @@ def test_a_study_runs_and_the_report_matches_its_runs(tmp_path):
         assert row in report, report
     with open(sweep / "runs.csv") as f:
         rows = {r["job"]: r for r in csv.DictReader(f)}
-    for job in jobs:  # the CSV holds what each run recorded at its end
+    for job in jobs:  # the CSV holds what each run recorded at its end, by job dir within the sweep
         recorded = yaml.safe_load((job / "finished.yaml").read_text())["metrics"] if (job / "finished.yaml").is_file() \
             else read_run(job).metrics
-        assert float(rows[str(job)]["test/mIoU"]) == pytest.approx(recorded["test/mIoU"])
+        assert float(rows[job.name]["test/mIoU"]) == pytest.approx(recorded["test/mIoU"])
     assert (sweep / "report.png").stat().st_size > 5000
 
 
@@ -112,3 +112,18 @@ def test_the_committed_miniature_reports_hold_3_finished_seeds_per_setting(name)
         runs = list(csv.DictReader(f))
     assert len(runs) == 3 * len(rows) and {r["status"] for r in runs} == {"finished"}
     assert (folder / "report.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in (Path(__file__).parents[1] / "experiments" / "reports").iterdir()
+                                          if p.is_dir()))
+def test_the_committed_reports_name_no_machine_path(folder):
+    """Paths in a report are relative to its sweep dir: no absolute path of the machine that
+    ran it in report.md or runs.csv."""
+    import csv
+    import re
+
+    root = Path(__file__).parents[1] / "experiments" / "reports" / folder
+    report = (root / "report.md").read_text()
+    assert not re.search(r"`/|(^|\s)/(work|home|tmp|Users)/", report, re.M), folder
+    with open(root / "runs.csv") as f:
+        assert all(r["job"].isdigit() for r in csv.DictReader(f))

@@ -170,3 +170,28 @@ def test_difnet_figures_from_a_trained_checkpoint_with_the_old_flags(trained_dif
         for png in ("difnet_maps.png", "transitions.png", "importance.png", "walk_2_argmax.png",
                     "transition_t2_pixel1.png", "predictions.png"):
             assert (out / png).is_file(), (name, png)
+
+
+def test_unreadable_images_are_named_and_skipped_as_predict_does(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A corrupt file among good ones: the others are drawn, then every skipped file is named
+    and the command exits with 1 (it used to stop at the first with exit 2)."""
+    from omegaconf import OmegaConf
+
+    import diffusion_seg.lightning.checkpoint as checkpoint
+
+    net = Segmentor(TimmBackbone("test_resnet"), DeepLabV2Head, 3).eval()
+    monkeypatch.setattr(checkpoint, "load_segmentor",
+                        lambda path: (net, OmegaConf.create({"class_names": ["a", "b", "c"]})))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("a", "c"):
+        Image.fromarray(np.zeros((24, 32, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    (folder / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (tmp_path / "x.ckpt").touch()  # read by the patched loader only
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"ckpt_path={tmp_path / 'x.ckpt'}", f"input={folder}", f"output={tmp_path / 'viz'}"])
+    assert exit_info.value.code == 1
+    assert (tmp_path / "viz" / "a" / "predictions.png").is_file() and (tmp_path / "viz" / "c" / "predictions.png").is_file()
+    err = capsys.readouterr().err
+    assert f"error: 1 of 3 input(s) could not be read and were skipped:\n  cannot read image {folder / 'b.jpg'}" in err
+    assert "Traceback" not in err

@@ -1,4 +1,4 @@
-"""Measurement harness shared by the benchmarks (pdn, difnet, train, gpu).
+"""Measurement harness shared by the benchmarks (pdn, difnet, train, gpu, crf).
 
 **Time: interleaved rounds in one process** (:func:`interleave`). Every case of a table is
 built in the measuring process, warmed up once, then timed in rounds: each round calls every
@@ -44,7 +44,7 @@ Builder = Callable[[dict[str, Any]], Callable[[], object]]
 
 # Imported once by the forkserver, so a memory case starts in ~50 ms.
 _PRELOAD = ["torch", "timm", "diffusion_seg.bench.pdn", "diffusion_seg.bench.difnet",
-            "diffusion_seg.bench.train"]
+            "diffusion_seg.bench.train", "diffusion_seg.bench.crf"]
 _CONTEXT: Any = None
 
 

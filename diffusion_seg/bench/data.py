@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from diffusion_seg import testing as fixtures
 from diffusion_seg.config import compose_config
 from diffusion_seg.data.transforms import build_train_transform
-from diffusion_seg.lightning.datamodule import dataset_factory_from_config
+from diffusion_seg.lightning.datamodule import dataset_factory_from_config, fitting_crop, image_sides
 
 # dataset config → (tree builder, split, typical image W×H of the real release)
 TREES: dict[str, tuple[Callable, str, tuple[int, int]]] = {
@@ -48,12 +48,14 @@ def build(name: str, root: Path, samples: int):
     else:
         builder(root, counts={split: samples}, size=size, jitter=False)
     cfg = compose_config([f"dataset={name}", f"dataset.root={root}"]).dataset
-    transform = build_train_transform(
+    dataset = dataset_factory_from_config(OmegaConf.to_container(cfg, resolve=True))(split=split)
+    if cfg.crop_size is None:  # the images' size, as the DataModule trains (output stride 8)
+        cfg.crop_size = fitting_crop(image_sides(dataset), 8)
+    dataset.transform = build_train_transform(
         cfg.crop_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), tuple(cfg.scale_range),
         cfg.hflip, cfg.photometric,
     )
-    factory = dataset_factory_from_config(OmegaConf.to_container(cfg, resolve=True))
-    return factory(split=split, transform=transform), cfg, size
+    return dataset, cfg, size
 
 
 def time_worker(dataset, repeats: int) -> tuple[float, float]:

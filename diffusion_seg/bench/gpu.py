@@ -17,6 +17,9 @@ Per dtype (bfloat16 = autocast, as ``trainer=gpu`` trains):
 * Training throughput (``bench train`` at the paper setting, batch ``--train-batch`` 16,
   321²): DeepLab-v2 and PDNs-24NB-2M, a full SGD step, images/s; ``--compile`` adds compiled
   rows.
+* The dense CRF (``bench crf``): exact and lattice backends, 10 mean-field iterations at
+  321² and 513² with 21 and 150 classes on a natural-looking scene, × exact per round
+  (``auto`` picks the faster of the two on a GPU; these rows say which that is).
 
 Peak memory is CUDA's peak allocated memory over one pass above what was allocated before it.
 ``--device cpu --quick`` runs everything at test size (tiny backbone, 32² inputs, one round):
@@ -33,8 +36,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from diffusion_seg.bench import difnet, pdn, train
-from diffusion_seg.bench.common import fmt_mb, fmt_ms, fmt_ratio, table
+from diffusion_seg.bench import crf, difnet, pdn, train
+from diffusion_seg.bench.common import benchmark, fmt_mb, fmt_ms, fmt_ratio, table
 
 HEADER = ["benchmark", "case", "dtype", "pass", "ms", "× baseline [min–max]", "peak MB",
           "images/s", "paper"]
@@ -130,6 +133,24 @@ def train_rows(args: argparse.Namespace, dtype: str, notes: list[str]) -> list[l
     return rows
 
 
+def crf_rows(args: argparse.Namespace, dtype: str, notes: list[str]) -> list[list[str]]:
+    sizes, classes, iterations = ([32], [21], 1) if args.quick else ([321, 513], [21, 150], 10)
+    rows = []
+    for size in sizes:
+        for k in classes:
+            specs = {backend: dict(device=args.device, dtype=dtype, size=size, classes=k,
+                                   iterations=iterations, threads=args.threads, backend=backend)
+                     for backend in ("exact", "lattice")}
+            results = benchmark(crf.build, specs, device=args.device, rounds=args.rounds,
+                                baseline="exact", max_seconds=args.max_seconds)
+            paper = "4773 ms (lattice)" if (size, k) == (321, 150) else "–"
+            for backend, result in results.items():
+                rows.append([f"dense CRF ({size}², K={k}, {iterations} it.)", backend, dtype,
+                             "fwd", fmt_ms(result), fmt_ratio(result), fmt_mb(result), "–",
+                             paper])
+    return rows
+
+
 def run(args: argparse.Namespace) -> str:
     """Every section for every dtype; the markdown document."""
     import torch
@@ -137,7 +158,7 @@ def run(args: argparse.Namespace) -> str:
     rows: list[list[str]] = []
     notes: list[str] = []
     for dtype in args.dtypes:
-        for section in (pdn_rows, table4_rows, train_rows):
+        for section in (pdn_rows, table4_rows, train_rows, crf_rows):
             if section.__name__.split("_")[0] in args.skip:
                 continue
             rows += section(args, dtype, notes)
@@ -159,7 +180,8 @@ def run(args: argparse.Namespace) -> str:
         f"- {args.rounds} interleaved round(s) per comparison after a warm-up; ms = median "
         "(PDN rows per image, training rows per step); × baseline = per-round ratio to the "
         "section's baseline (PDN: DeepLab-v2 network, same pass; Table 4: Sim-DeepLab; "
-        "training: DeepLab-v2's step, compiled rows to compiled DeepLab-v2), median [min–max]; "
+        "training: DeepLab-v2's step, compiled rows to compiled DeepLab-v2; CRF: the exact "
+        "backend, per call), median [min–max]; "
         f"peak = memory one pass adds ({peak}); Table 4 reports times only",
         "",
         table(HEADER, rows),
@@ -191,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-batch", type=int, default=16, help="batch of the training rows")
     parser.add_argument("--compile", action="store_true", help="also compiled training rows")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("pdn", "table4", "train"),
+    parser.add_argument("--skip", nargs="*", default=[], choices=("pdn", "table4", "train", "crf"),
                         help="sections to leave out")
     parser.add_argument("--quick", action="store_true",
                         help="test size: tiny backbone, 32² inputs, 1 round")

@@ -28,6 +28,7 @@ from diffusion_seg.config import compose_config
 from diffusion_seg.data.transforms import IGNORE_INDEX
 from diffusion_seg.errors import BadSampleError, ConfigError, DatasetNotFoundError
 from diffusion_seg.lightning.datamodule import dataset_factory_from_config
+from diffusion_seg.validation import validate_config
 
 
 @dataclass
@@ -125,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = compose_config(argv, config_name="check")
         except HydraException as err:
             raise ConfigError(str(err)) from None
+        validate_config(cfg, "check")  # types and ranges, before any file is read
         factory = dataset_factory_from_config(OmegaConf.to_container(cfg.dataset, resolve=True))
     splits = cfg.splits
     if splits is None:

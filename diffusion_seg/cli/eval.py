@@ -31,12 +31,15 @@ from diffusion_seg.config import instantiate_node, register_resolvers
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.lightning.checkpoint import load_segmentor
 from diffusion_seg.lightning.pictures import PredictionWriter
+from diffusion_seg.lightning.task import PROGRESS_KEYS, read_checkpoint_progress
 from diffusion_seg.plots import write_eval_reports
 from diffusion_seg.runtime import keep_freed_memory
 
 register_resolvers()
 
 VALID_SPLITS = ("val", "test")
+# The values `--help` lists for the options that take one of a few.
+OPTION_CHOICES = {"split": VALID_SPLITS}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -62,6 +65,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"on {list(train_cfg.class_names)[:5]}...; evaluate on a dataset with the same classes"
         )
     task = build_task(run_cfg, net, datamodule.class_names, train=False)
+    task.trained_at = read_checkpoint_progress(cfg.ckpt_path)  # the tables' (epoch, step)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     callbacks: list[L.Callback] = []
     if cfg.get("save_predictions"):
@@ -79,7 +83,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if callbacks:
         log.info("Predictions of %d images written to %s", callbacks[0].count, output_dir / "predictions")
     log.info("Run dir: %s", output_dir)
-    return dict(results[0]) if results else {}
+    return {k: v for k, v in results[0].items() if k not in PROGRESS_KEYS} if results else {}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
@@ -93,7 +97,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    hydra_command(_main)
+    hydra_command(_main, "eval")
 
 
 if __name__ == "__main__":

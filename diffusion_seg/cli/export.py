@@ -2,11 +2,12 @@
 ``python -m diffusion_seg.export ckpt_path=<file.ckpt> format=onnx|torchscript|torch_export output=<file or dir>``.
 
 The exported model does whole-image inference with the preprocessing inside
-(:class:`diffusion_seg.deploy.DeployableSegmentor`): ``N×3×H×W`` RGB, uint8 or float in
-0..255, in; ``N×K×H×W`` float32 logits at the input size out (argmax over K = class map).
+(:class:`diffusion_seg.deploy.DeployableSegmentor`): ``N×3×H×W`` RGB in 0..255 in, as
+``input_dtype`` (float32, or uint8: an ONNX input has one dtype, so the file takes the one it
+was written for); ``N×K×H×W`` float32 logits at the input size out (argmax over K = class map).
 After writing, the file is loaded with its runtime (ONNX Runtime, ``torch.jit.load``,
-``torch.export.load``) and compared with the PyTorch model on two images of different sizes
-(``sample=<image>`` and a random one, or two random ones); the max abs difference is printed
+``torch.export.load``) and compared with the PyTorch model on an image and a batch of two of
+another size (``sample=<image>`` or a random one, and a random batch); the max abs difference is printed
 and the command fails above ``tolerance``. A format the network cannot be written in fails
 with one line naming the head, the format, the exporter's reason and the format to try.
 
@@ -30,11 +31,14 @@ from diffusion_seg.cli.console import log
 from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.cli.predict import checkpoint_palette, load_rgb, normalisation
 from diffusion_seg.config import register_resolvers
-from diffusion_seg.deploy import FORMATS, SUFFIXES, ExportResult, export, sample_input
+from diffusion_seg.deploy import FORMATS, INPUT_DTYPES, SUFFIXES, ExportResult, export, sample_input
 from diffusion_seg.errors import ConfigError, UserError
 from diffusion_seg.lightning.checkpoint import load_segmentor
 
 register_resolvers()
+
+# The values `--help` lists for the options that take one of a few.
+OPTION_CHOICES = {"format": FORMATS, "input_dtype": tuple(INPUT_DTYPES)}
 
 
 def output_path(output: str, fmt: str, ckpt_path: str) -> Path:
@@ -59,7 +63,7 @@ def check_samples(cfg: DictConfig) -> list[torch.Tensor]:
     else:
         first = sample_input(height, width)
     h, w = first.shape[-2:]
-    return [first, sample_input(max(h // 2 + 3, 9), max(w // 2 + 5, 9), seed=1)]
+    return [first, sample_input(max(h // 2 + 3, 9), max(w // 2 + 5, 9), batch=2, seed=1)]
 
 
 def run_export(cfg: DictConfig) -> ExportResult:
@@ -69,6 +73,9 @@ def run_export(cfg: DictConfig) -> ExportResult:
     fmt = str(cfg.format)
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt} is invalid; allowed: {list(FORMATS)}")
+    input_dtype = str(cfg.input_dtype)
+    if input_dtype not in INPUT_DTYPES:
+        raise ConfigError(f"input_dtype={input_dtype} is invalid; allowed: {list(INPUT_DTYPES)}")
     path = output_path(str(cfg.output), fmt, str(cfg.ckpt_path))
     if path.exists() and not cfg.overwrite:
         raise UserError(f"{path} exists; pass overwrite=true to replace it, or choose another output=")
@@ -78,14 +85,16 @@ def run_export(cfg: DictConfig) -> ExportResult:
     divisor = int(OmegaConf.select(train_cfg, "dataset.size_divisor") or max(net.backbone.reductions))
     log.info("Exporting %s (%s + %s, %d classes) as %s → %s", Path(cfg.ckpt_path).name,
              train_cfg.backbone.name, type(net.head).__name__, net.num_classes, fmt, path)
-    result = export(net, fmt, path, mean, std, divisor, samples, float(cfg.tolerance), bool(cfg.dynamic))
+    result = export(net, fmt, path, mean, std, divisor, samples, float(cfg.tolerance), bool(cfg.dynamic),
+                    input_dtype)
     meta = {
         "format": fmt,
         "file": path.name,
         "checkpoint": str(cfg.ckpt_path),
         "head": type(net.head).__name__,
         "backbone": str(train_cfg.backbone.name),
-        "input": "N×3×H×W RGB, uint8 or float32 in 0..255 (normalisation inside)",
+        "input": f"N×3×H×W RGB {result.input_dtype} in 0..255 (normalisation inside)",
+        "input_dtype": result.input_dtype,
         "output": "N×K×H×W float32 logits at the input size; argmax over K = class ids",
         "dynamic_size": result.dynamic,
         "example_size": list(result.checked_sizes[0]),
@@ -116,7 +125,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    hydra_command(_main)
+    hydra_command(_main, "export")
 
 
 if __name__ == "__main__":

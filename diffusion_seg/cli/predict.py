@@ -55,6 +55,8 @@ register_resolvers()
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEVICES = ("auto", "cpu", "cuda")
+# The values `--help` lists for the options that take one of a few.
+OPTION_CHOICES = {"device": DEVICES}
 # Exit status when some inputs could not be read (the others are written).
 SOME_FAILED_EXIT = 1
 
@@ -138,6 +140,27 @@ def load_rgb(path: Path) -> np.ndarray:
             return np.asarray(img.convert("RGB"))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise BadSampleError(f"cannot read image {path}: {err}") from None
+
+
+def load_rgb_or_skip(path: Path, failed: list[tuple[Path, str]]) -> np.ndarray | None:
+    """:func:`load_rgb`, or ``None`` for an unreadable file: named in a warning now and added
+    to ``failed`` for :func:`exit_if_any_failed` (predict and visualize go on with the others)."""
+    try:
+        return load_rgb(path)
+    except BadSampleError as err:
+        failed.append((path, str(err)))
+        log.warning("skipping %s", err)
+        return None
+
+
+def exit_if_any_failed(summary: Summary) -> None:
+    """After the readable inputs are written: name every skipped file on stderr and exit with
+    :data:`SOME_FAILED_EXIT`; nothing when all were read."""
+    if summary.failed:
+        lines = "\n".join(f"  {message}" for _, message in summary.failed)
+        print(f"error: {len(summary.failed)} of {len(summary.failed) + len(summary.written)} "
+              f"input(s) could not be read and were skipped:\n{lines}", file=sys.stderr, flush=True)
+        raise SystemExit(SOME_FAILED_EXIT)
 
 
 # --------------------------------------------------------------------------- the network
@@ -260,6 +283,8 @@ class Predictor:
 
 @dataclass
 class Summary:
+    """The inputs written (their output names) and those skipped, with the reason."""
+
     written: list[str]
     failed: list[tuple[Path, str]]
 
@@ -344,14 +369,11 @@ def run_predict(cfg: DictConfig) -> Summary:
         for batch in _batches(keyed, int(cfg.batch_size)):
             loaded: list[tuple[InputImage, np.ndarray, Tensor, tuple[int, int]]] = []
             for item in batch:
-                try:
-                    rgb = load_rgb(item.path)
-                    tensor, valid = predictor.prepare(rgb)
-                except BadSampleError as err:
-                    summary.failed.append((item.path, str(err)))
-                    log.warning("skipping %s", err)
+                rgb = load_rgb_or_skip(item.path, summary.failed)
+                if rgb is None:
                     progress.advance(task)
                     continue
+                tensor, valid = predictor.prepare(rgb)
                 loaded.append((item, rgb, tensor, valid))
             # A header can lie about the size: predict each padded shape on its own.
             shapes: dict[tuple[int, ...], list[int]] = {}
@@ -378,15 +400,11 @@ def _main(cfg: DictConfig) -> None:
         summary = run_predict(cfg)
     log.info("Wrote %d prediction(s) to %s", len(summary.written), cfg.output)
     log.info("Run dir: %s", HydraConfig.get().runtime.output_dir)
-    if summary.failed:
-        lines = "\n".join(f"  {message}" for _, message in summary.failed)
-        print(f"error: {len(summary.failed)} of {len(summary.failed) + len(summary.written)} "
-              f"input(s) could not be read and were skipped:\n{lines}", file=sys.stderr, flush=True)
-        raise SystemExit(SOME_FAILED_EXIT)
+    exit_if_any_failed(summary)
 
 
 def main() -> None:
-    hydra_command(_main)
+    hydra_command(_main, "predict")
 
 
 if __name__ == "__main__":

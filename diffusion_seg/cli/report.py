@@ -2,26 +2,28 @@
 
 Writes into the (first) sweep dir, or ``--out``:
 
-* ``report.md``: one row per setting (the overrides without ``seed``), mIoU / mAcc / aAcc as
-  mean ± std over seeds with n, the published number beside ours for a paper-table study,
-  per-class IoU in a second table, and the runs that did not finish;
-* ``report.png``: the metric against the study's knob, one line per setting, error bars
-  over seeds (a bar chart when there is no numeric knob);
+* ``report.md``: the command that ran the jobs (from their own records), one row per setting
+  (the overrides without ``seed``), mIoU / mAcc / aAcc as mean ± std over seeds with n, the
+  published number beside ours for a paper-table study, the time the runs ran, per-class IoU
+  in a second table, and the runs that did not finish;
+* ``report.png``: the metric of the split against the study's knob, one line per setting,
+  error bars over seeds (a bar chart when there is no numeric knob);
 * ``runs.csv``: every run and every metric it logged.
 
-Offline: reads what the runs wrote (``finished.yaml`` or ``csv/metrics.csv`` and
-``.hydra/``), or with ``--eval NAME`` what ``python -m diffusion_seg.eval`` wrote for every
-run into ``<job>/NAME/`` (a re-evaluation: multi-scale, CRF, another dataset option). ``--wandb`` also logs the table to the sweep's W&B group (offline works).
+Paths in these files are relative to the first sweep dir. Offline: reads what each job
+recorded itself (``job.yaml``, ``config.yaml``, ``finished.yaml``; :mod:`diffusion_seg.studies`),
+or with ``--eval NAME`` what ``python -m diffusion_seg.eval`` wrote for every run into
+``<job>/NAME/`` (a re-evaluation: multi-scale, CRF, another dataset option). ``--wandb`` also
+logs the table to the sweep's W&B group (offline works).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from diffusion_seg.cli.errors import user_errors
+from diffusion_seg.cli.errors import ArgumentParser, user_errors
 from diffusion_seg.studies import (
     ReportError,
     aggregate,
@@ -51,7 +53,7 @@ def log_to_wandb(rows, split: str, sweep: Path, project: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffusion_seg.report",
+    parser = ArgumentParser(prog="python -m diffusion_seg.report",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("sweeps", nargs="+", type=Path, help="multirun sweep dirs")
     parser.add_argument("--split", choices=("val", "test"), default=None,
@@ -75,10 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = aggregate(runs, split, class_names)
         out = args.out or args.sweeps[0]
         out.mkdir(parents=True, exist_ok=True)
-        command = runs[0].study.get("command")
-        (out / "report.md").write_text(markdown(rows, runs, split, args.sweeps, class_names, command, args.eval))
-        plot(out / "report.png", rows, runs[0].study.get("knob"))
-        write_csv(out / "runs.csv", runs)
+        (out / "report.md").write_text(markdown(rows, runs, split, args.sweeps, class_names, args.eval))
+        title = (runs[0].study.get("name") or "sweep") + (f", evaluation {args.eval}" if args.eval else "")
+        plot(out / "report.png", rows, runs[0].study.get("knob"), split, title=title)
+        write_csv(out / "runs.csv", runs, args.sweeps[0])
         if args.wandb:
             log_to_wandb(rows, split, args.sweeps[0], args.project)
     unfinished = len(runs) - len(finished)

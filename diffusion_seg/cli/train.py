@@ -40,7 +40,15 @@ from diffusion_seg.config import instantiate_node, register_resolvers
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.lightning.checkpoint import AtomicCheckpointIO
 from diffusion_seg.lightning.safety import Interrupted, NonFiniteError, RunGuard, cluster_plugins
-from diffusion_seg.lightning.sweeps import RunPlan, plan_run, record_attempt, register_sweep_resolvers, write_finished
+from diffusion_seg.lightning.sweeps import (
+    RunPlan,
+    end_attempts,
+    plan_run,
+    record_attempt,
+    register_sweep_resolvers,
+    write_finished,
+)
+from diffusion_seg.lightning.task import PROGRESS_KEYS
 from diffusion_seg.runtime import keep_freed_memory
 
 register_resolvers()
@@ -94,7 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Fails on a missing checkpoint or a dir holding another job, before building anything.
     plan = plan_run(output_dir, overrides, cfg.get("resume"), cfg.get("ckpt_path"), cfg.get("auto_resume", True))
     if rank_zero_only.rank == 0:
-        record_attempt(output_dir, overrides, plan)
+        record_attempt(output_dir, overrides, plan, cfg)
     if plan.action == "skip":
         return skip_finished(plan, output_dir, cfg)
     if cfg.get("malloc_keep_freed", True):
@@ -153,12 +161,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # Resumed from a checkpoint taken after the last epoch: no validation ran this time.
         log.info("Validating the final weights for %s", metric)
         for results in trainer.validate(task, datamodule=datamodule, verbose=False):
-            metrics.update(results)
+            metrics.update(scalar_metrics(results))
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test_after_training"):
-        log.info("Testing %s", best or "the last weights")
-        results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update(results[0] if results else {})
+        weights = best or "the last weights"
+        if datamodule.has_test_split:
+            log.info("Testing %s", weights)
+            results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None)
+        else:  # never the validation split under a test label
+            log.info("No test split (dataset.test_split=%s): validating %s instead; set "
+                     "dataset.test_split=<split> to test on one", datamodule.splits["test"] or "null", weights)
+            results = trainer.validate(task, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(scalar_metrics(results[0]) if results else {})
     if trainer.is_global_zero:
         write_finished(output_dir, overrides, metrics, epoch=trainer.current_epoch,
                        global_step=trainer.global_step, best_checkpoint=best)
@@ -168,7 +182,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    """The scalar metrics, without the (epoch, step) that label them (finished.yaml has its own)."""
+    return {k: float(v) for k, v in metrics.items()
+            if k not in PROGRESS_KEYS and getattr(v, "numel", lambda: 1)() == 1}
 
 
 def skip_finished(plan: RunPlan, output_dir: Path, cfg: DictConfig) -> dict[str, float]:
@@ -238,6 +254,7 @@ def _main(cfg: DictConfig) -> float | None:
                 log.error("error: %s", err)
                 raise JobFailed(str(err)) from None
     finally:
+        end_attempts()  # the attempt's end in job.yaml: returned, failed or stopped by a signal
         finish_wandb()
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
@@ -259,7 +276,7 @@ def check_cluster_plugins(argv: list[str]) -> None:
 def main() -> float | None:
     with user_errors():
         check_cluster_plugins(sys.argv[1:])
-    return hydra_command(_main)
+    return hydra_command(_main, "train")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ DifNet (the DifNet paper's Fig. 2–4)
     pixel j, computed as ``softmax(ψ_i · Ψ)``: one row, never the N×N matrix), and the
     composites ``difnet_maps.png`` and ``transitions.png``.
 
+Unreadable images are named and skipped, as ``predict`` does: the others are drawn, then the
+command lists the skipped files and exits with status 1.
+
 The old flags still work: ``--ckpt F --image I --out D [--pixels Y,X ...] [--device cpu]``.
 """
 
@@ -50,7 +53,19 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from diffusion_seg.cli.console import command_help
 from diffusion_seg.cli.errors import user_errors
+from diffusion_seg.cli.predict import (
+    DEVICES,
+    Summary,
+    checkpoint_palette,
+    collect_inputs,
+    exit_if_any_failed,
+    load_rgb,
+    load_rgb_or_skip,
+    normalisation,
+    select_device,
+)
 from diffusion_seg.data.base import voc_colormap
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.models.difnet import DifNetHead, transition_rows
@@ -441,6 +456,8 @@ def figures(
 # --------------------------------------------------------------------------- the command
 
 
+# The values `--help` lists for the options that take one of a few.
+OPTION_CHOICES = {"device": DEVICES}
 LEGACY_FLAGS = {"--ckpt": "ckpt_path", "--image": "input", "--out": "output", "--device": "device"}
 USAGE = ("python -m diffusion_seg.visualize ckpt_path=<file.ckpt> input=<image|dir|glob> "
          "output=<dir> [\"pixels=[[y,x],...]\"] [device=cpu|cuda|auto] [overlay_alpha=0.5]")
@@ -505,6 +522,9 @@ def _compose(overrides: list[str]) -> DictConfig:
     for key in ("ckpt_path", "input", "output"):
         if OmegaConf.is_missing(cfg, key):
             raise ConfigError(f"{key}=... is required; usage: {USAGE}")
+    from diffusion_seg.validation import validate_config
+
+    validate_config(cfg, "visualize")  # types and ranges, before the checkpoint is read
     return cfg
 
 
@@ -521,9 +541,9 @@ def _pixels(cfg: DictConfig) -> list[tuple[int, int]] | None:
     return pairs
 
 
-def run_visualize(cfg: DictConfig) -> list[Path]:
-    """Load the checkpoint, then write the figures of every input image."""
-    from diffusion_seg.cli.predict import checkpoint_palette, collect_inputs, load_rgb, normalisation, select_device
+def run_visualize(cfg: DictConfig) -> tuple[list[Path], Summary]:
+    """Load the checkpoint, then write the figures of every readable input image. Returns
+    the written files and which images were drawn and skipped."""
     from diffusion_seg.lightning.checkpoint import load_segmentor
 
     device = select_device(str(cfg.device))
@@ -536,9 +556,12 @@ def run_visualize(cfg: DictConfig) -> list[Path]:
     names = list(train_cfg.class_names)
     output = Path(str(cfg.output))
     written: list[Path] = []
+    summary = Summary([], [])
     for item in items:
         out_dir = output if base is None else output / item.name
-        rgb = load_rgb(item.path)
+        rgb = load_rgb_or_skip(item.path, summary.failed)
+        if rgb is None:
+            continue
         image = _normalise(rgb, mean, std)
         try:
             files = figures(net, image, out_dir, pixels, palette, names, float(cfg.overlay_alpha))
@@ -546,7 +569,8 @@ def run_visualize(cfg: DictConfig) -> list[Path]:
             raise ConfigError(f"{item.path}: {err}") from None
         print(f"{item.path}: {len(files)} PNGs in {out_dir}", flush=True)
         written += files
-    return written
+        summary.written.append(item.name)
+    return written, summary
 
 
 def _normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -556,19 +580,21 @@ def _normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> 
 
 def load_image(path: str | Path, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Image file → normalised ``3×H×W`` float tensor (any mode converted to RGB)."""
-    from diffusion_seg.cli.predict import load_rgb
-
     return _normalise(load_rgb(Path(path)), mean, std)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; 0 when every image was drawn, else :func:`~diffusion_seg.cli.predict.exit_if_any_failed`
+    exits with 1 after the others."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        print(f"usage: {USAGE}")
+        from diffusion_seg.config import compose_config
+
+        print(command_help("visualize", compose_config([], "visualize")), end="")
         return 0
     with user_errors():
         cfg = _compose(translate_legacy(args))
-        files = run_visualize(cfg)
+        files, summary = run_visualize(cfg)
     print(f"wrote {len(files)} PNGs to {cfg.output}")
+    exit_if_any_failed(summary)
     return 0

@@ -66,9 +66,7 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as err:
-        raise BadSampleError(
-            f"cannot read image {path}: {err}. Re-extract or delete the file."
-        ) from None
+        raise BadSampleError(f"cannot read image {path}: {err}") from None
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -85,9 +83,7 @@ def read_mask(path: Path) -> np.ndarray:
     except BadSampleError:
         raise
     except (OSError, ValueError, SyntaxError) as err:
-        raise BadSampleError(
-            f"cannot read mask {path}: {err}. Re-extract or delete the file."
-        ) from None
+        raise BadSampleError(f"cannot read mask {path}: {err}") from None
 
 
 def save_label_png(path: Path, label: np.ndarray, palette: np.ndarray | None = None) -> None:
@@ -179,6 +175,13 @@ class SegmentationDataset(Dataset):
             them (module docstring).
     """
 
+    # What to do about a bad file, after the message naming it: the files of a benchmark
+    # come from its release (FolderDataset, the user's own files, says otherwise).
+    BAD_FILE_ADVICE = (
+        "check that dataset= names this dataset, re-extract and re-convert it "
+        f"({PREPARE}), or set dataset.on_bad_sample=skip to train without the file"
+    )
+
     def __init__(
         self,
         samples: Sequence[tuple[Path, Path]],
@@ -214,10 +217,7 @@ class SegmentationDataset(Dataset):
                 f"missing:\n  {shown}{more}"
             )
             if on_bad_sample == "error":
-                raise BadSampleError(
-                    message + "\nRe-extract the dataset, or set "
-                    "dataset.on_bad_sample=skip to train without them."
-                )
+                raise BadSampleError(f"{message}\nWhat to do: {self.BAD_FILE_ADVICE}.")
             log.warning("%s\nSkipping them (on_bad_sample=skip).", message)
             missing = set(self.missing)
             pairs = [p for p in pairs if p[0] not in missing and p[1] not in missing]
@@ -257,14 +257,16 @@ class SegmentationDataset(Dataset):
             raise BadSampleError(
                 f"mask {mask_path} has label values {bad.tolist()} outside the "
                 f"{self.num_classes} classes (allowed after this dataset's mapping: "
-                f"0..{self.num_classes - 1} and {IGNORE_INDEX} = ignore). Check the dataset "
-                "choice and the conversion."
+                f"0..{self.num_classes - 1} and {IGNORE_INDEX} = ignore)"
             )
         return image, cv2.LUT(raw, self.label_map)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self.on_bad_sample == "error":
-            image, mask = self.load(index)
+            try:
+                image, mask = self.load(index)
+            except BadSampleError as err:  # what to do about it: this dataset's advice
+                raise BadSampleError(f"{err}; {self.BAD_FILE_ADVICE}") from None
             return apply_transform(self.transform, image, mask, self.samples[index][0].stem)
         skipped: list[str] = []
         for attempt in range(min(len(self), MAX_CONSECUTIVE_SKIPS)):
@@ -282,23 +284,35 @@ class SegmentationDataset(Dataset):
         raise BadSampleError(
             f"{len(skipped)} consecutive bad samples from index {index} of "
             f"{type(self).__name__}; the dataset is broken, run "
-            "`python -m diffusion_seg.data.check` on it. Last: " + skipped[-1]
+            "`python -m diffusion_seg.check dataset=...` on it. Last: " + skipped[-1]
         )
 
 
 def apply_transform(
-    transform: Transform | None, image: np.ndarray, mask: np.ndarray, name: str
+    transform: Transform | None,
+    image: np.ndarray,
+    mask: np.ndarray,
+    name: str,
+    maps: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Run the albumentations pipeline (if any) and return tensors."""
+    """Run the albumentations pipeline (if any) and return tensors.
+
+    ``maps`` (``H×W`` arrays, e.g. the pathfinder's distance from the cue) go through the
+    pipeline as masks, so every geometric step (scale, crop, flip) moves them with the label;
+    padding fills them with 255 where the label is ignored. They come back under their keys."""
+    maps = maps or {}
     if transform is not None:
-        out = transform(image=image, mask=mask)
+        out = transform(image=image, mask=mask, **({"masks": list(maps.values())} if maps else {}))
         image_t, mask_t = out["image"], out["mask"]
+        maps_t = dict(zip(maps, out.get("masks", [])))
     else:
         # PIL-backed arrays are read-only; torch wants writable memory.
         image_t = torch.from_numpy(np.require(image, requirements="CW")).permute(2, 0, 1)
         image_t = image_t.float() / 255
         mask_t = torch.from_numpy(np.require(mask, requirements="CW"))
-    return {"image": image_t, "mask": torch.as_tensor(mask_t).long(), "name": name}
+        maps_t = {k: torch.from_numpy(np.require(v, requirements="CW")) for k, v in maps.items()}
+    sample = {"image": image_t, "mask": torch.as_tensor(mask_t).long(), "name": name}
+    return sample | {k: torch.as_tensor(v) for k, v in maps_t.items()}
 
 
 def index_files(directory: Path, extensions: Iterable[str]) -> dict[str, Path]:

@@ -117,6 +117,8 @@ class FolderDataset(SegmentationDataset):
   classes.txt                   (optional: "name" or "name R G B" per line)
   splits/{train,val}.txt        (optional, flat layout: names, one per line)"""
     PREPARE = "nothing to run: put the files in place (README.md, 'Your own data')"
+    # The user's own files: nothing to re-extract.
+    BAD_FILE_ADVICE = "fix, replace or remove the file, or set dataset.on_bad_sample=skip to train without it"
 
     def __init__(
         self,

@@ -12,8 +12,9 @@ The task
 --------
 Each ``size×size`` image (default 64) holds ``num_paths`` paths (default 3) and
 ``num_distractors`` distractor paths (default 0) on grey noise. Every path has the same
-light grey, noise, width (5 px) and length, whatever its class. A *cued* path starts at a
-small coloured square, the cue (8 px): red, green or blue, drawn independently per path.
+light grey, noise, width and length, whatever its class (the benchmark draws whole cells,
+below). A *cued* path starts at a coloured square, the cue (8 px): red, green or blue,
+drawn independently per path.
 Every pixel of the path has the cue's class::
 
     0 background   1 red_path   2 green_path   3 blue_path
@@ -41,17 +42,41 @@ another path's", so far pixels often sit closer to another path's cue than to th
 :meth:`PathfinderSample.nearest_cue_class` marks the *misleading* pixels, whose nearest cue
 has another class: isotropic spread or a big receptive field gets them wrong, only
 following the path gets them right. At the defaults they are 30 % of the labelled path
-pixels: 0.5 % of those 0–2 cells from their cue, 42 % at 4–6 cells, 56 % at 6–8 cells
-(20 % / 26 % / 40 % with ``interleave=1``).
+pixels: 1 % of those 0–2 cells from their cue, 19 % at 2–4, 43 % at 4–6, 55 % at 6–8 cells
+(21 % overall, 1 / 11 / 29 / 42 % with ``interleave=1``).
 
 The difficulty knob
 -------------------
 ``max_distance`` (cells, default 8): every path is a walk of exactly ``max_distance`` steps
-of one cell beyond its cue, drawn smooth (corners rounded, nodes jittered by ``jitter`` px),
-so along-path distances from the cue spread uniformly over ``[0, max_distance]`` cells and
-no pixel is farther. 2 keeps every pixel next to its cue (within reach of any head); 8 puts
-half of the path pixels 4–8 cells away. ``distance`` (per pixel, px, measured along the
-cell path) comes with :meth:`PathfinderDataset.sample` so metrics can be binned by it.
+of one cell beyond its cue, so along-path distances from the cue spread uniformly over
+``[0, max_distance]`` cells and no pixel is farther. 2 keeps every pixel next to its cue
+(within reach of any head); 8 puts half of the path pixels 4–8 cells away. ``distance``
+(per pixel, px, measured along the cell path) comes with :meth:`PathfinderDataset.sample`.
+
+Geometry: whole cells
+---------------------
+The benchmark's config (``conf/dataset/pathfinder.yaml``: ``width=8``, ``jitter=0``,
+``round_corners=false``, :data:`WHOLE_CELLS`) makes a path exactly the feature cells of
+its walk, so every cell is wholly one class and output-stride-8 logits can draw the labels.
+The arguments' defaults stay the thin smooth curves of the first version (``width=5``,
+``jitter=1``, rounded corners), so configs stored in earlier checkpoints render as they
+trained. Thin curves put most of mIoU on path edges finer than a cell: near the cue
+(``max_distance=2``) an FCN head reached 74.9 mIoU with 99.4 % of the path pixels it found
+given the right colour; with whole cells the same run reaches 91.4 (table below).
+Bilinear upsampling of cell logits still rounds the corners and ends
+of a path, so pixel mIoU stays below 100 even for a head with every cell right: the flood
+oracle (:func:`flood_oracle`) scores 92.5 near and 94.6 far. The metrics of
+:class:`diffusion_seg.metrics.ContextMetrics` therefore come with every evaluation:
+
+Context metrics
+---------------
+``__getitem__`` adds two maps, transformed with the label (flips move them):
+``cue_distance`` (along-path distance from the cue, cells; -1 off the paths) and
+``misleading``. From them the task logs, at val and test, the colour accuracy of the path
+pixels a head calls path, overall, by distance from the cue (0–2, 2–4, 4–6, 6+ cells) and
+on the misleading pixels (all, and ≥ 4 cells from the cue), with their counts and the path
+recall, plus ``grid_mIoU``, the mIoU scored once per feature cell (every cell right = 100).
+Chance on colour is 33 %; on misleading pixels "the colour of the nearest cue" scores 0.
 
 Labels and the ignore zone
 --------------------------
@@ -72,26 +97,46 @@ noise on everything, grey levels), ``width`` and ``jitter``. All paths of an ima
 on the ``size/8``-cell grid: at 64 px, 3 paths of 8 cells fit; more clutter or longer paths
 need 96–128 px (a layout that does not fit raises ``ValueError`` naming the options).
 
-Measured (tiny ``test_resnet`` backbone, output stride 8, from scratch; 64 px, 512 training
-images, 30 epochs of batch 16, SGD 0.01 / new layers ×10, poly; 128 val images; 1 CPU
-thread; accuracy of the path pixels 4–8 cells from their cue, two training seeds)::
+Measured (issue 20; whole cells; tiny ``test_resnet`` backbone, output stride 8, from
+scratch; 512 training images of 64², batch 16, SGD 0.01 / new layers ×10, poly; best
+checkpoint by val mIoU, test split of 128 images; one seed). Near (``max_distance=2``),
+20 epochs, pixel / grid mIoU and colour accuracy of the path pixels::
 
-    head                 max_distance=2  max_distance=8  far-pixel acc  misleading
-                         mIoU            mIoU            (chance 33)    far pixels
-    DeepLab-v2           66.4            44.1 / 43.2     28.8 / 28.2    25
-    FCN                  76.0            50.5 / 50.9     32.2 / 32.6    24
-    PDN (24NB, 4×64)     71.5            54.9 / 54.3     44.3 / 42.5    30–32
-    DifNet (no M)        -               51.4            43.6           33
+    flood oracle      92.5 / 100   100        PDN (24NB, 4×64)  85.9 / 91.6  96.5
+    FCN               91.4 / 99.9  100        DeepLab-v2        79.3 / 86.1  96.2
+    LG-LSTM           89.7 / 96.9  98.4
 
-Near, the fixed-window FCN is the best head; at 8 cells both propagating heads lead on far
-pixels by 11–16 points, and per-distance accuracy decays much more slowly for them
-(PDN 85 → 40 % from 1–2 to 6–8 cells, FCN 85 → 25 %). On misleading pixels every head is
-at or below chance at this budget: the propagating heads spread the cue's colour around it
-rather than along its path; that is what the misleading-pixel accuracy is there to show.
+Far (``max_distance=8``), colour accuracy by cells from the cue and on far misleading
+pixels (chance 33), with the grid mIoU::
+
+    head              epochs  0–2   2–4   4–6   6+    far misleading  grid mIoU
+    flood oracle      -       100   100   100   100   100             100
+    FCN               20      99    84    55    42    36              62.7
+    FCN               60      100   95    83    69    67              80.7
+    FCN               120     100   96    92    79    81              87.4
+    DeepLab-v2        20      96    69    52    50    42              58.3
+    DeepLab-v2        60      99    94    82    70    67              78.1
+    PDN (24NB, 4×64)  20      98    79    58    49    40              63.9
+    PDN (24NB, 4×64)  60      100   100   99    93    94              96.3
+    PDN (8NB, 8×64)   20      63    45    41    41    36              47.4
+    LG-LSTM           20      99    85    66    60    51              71.4
+    LG-LSTM           60      100   100   98    92    94              95.9
+    DifNet (seed)     20      98    87    78    74    67              77.0
+    DifNet (seed)     60      100   97    93    89    88              90.2
+
+Far from the cue every head needs more than the 20 epochs near pixels need. PDN and
+LG-LSTM follow their own path at 60 epochs (flat from about epoch 40: 94 % on far
+misleading pixels, where "the nearest cue's colour" scores 0; DifNet 88); the
+fixed-window heads stay at 67 % at 60 epochs and FCN levels off near 80 % at 120: the dilated backbone itself
+carries some context along the paths. Eight 8NB PDN layers at the shared learning rate
+destabilise after 2 epochs and stay low. The texture-pretrained start
+(``backbone=tiny_textures``) did not help at 20 epochs (far misleading: FCN 35, PDN 39,
+LG-LSTM 39), and DifNet's published defaults collapse to background from it too.
 
 Generation is deterministic: sample ``i`` of split ``s`` with ``sample_seed`` is always the
-same image, on any machine, with any number of workers. Pure numpy, ~1.5 ms per sample at the
-defaults (1.4 ms at 96 px); nothing is written to disk.
+same image, on any machine, with any number of workers. Pure numpy, ~2 ms per sample at the
+defaults on an idle core; nothing is written to disk. ``cache=True`` keeps the rendered
+samples in memory, so later epochs only flip them.
 """
 
 from __future__ import annotations
@@ -102,6 +147,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from diffusion_seg.data.base import Transform, apply_transform
@@ -121,7 +167,14 @@ DISTRACTOR_LABELS = ("background", "ignore")
 PERSISTENCE = 2.0
 MAX_LAYOUT_TRIES = 200
 _STEPS = ((0, 1), (1, 0), (0, -1), (-1, 0))
-MAX_WIDTH = CELL - 1
+# Up to a whole cell: at width 8 with jitter 0 and square corners a path is exactly its cells.
+MAX_WIDTH = CELL
+# A feature cell holds a curve, for the flood oracle, when at least this fraction of its
+# pixels is curve: a path's own cells are mostly covered, while the corner of a wide path may
+# clip a neighbouring cell by a pixel or two (not a connection).
+ORACLE_CELL_FILL = 0.25
+# The benchmark's geometry (conf/dataset/pathfinder.yaml): every path exactly its cells.
+WHOLE_CELLS = {"width": CELL, "jitter": 0.0, "round_corners": False}
 
 
 @dataclass
@@ -291,18 +344,27 @@ def _smooth(points: np.ndarray, iterations: int = 2) -> np.ndarray:
 
 
 def _trace(
-    nodes: np.ndarray, jitter: np.ndarray, origin: float, canvas: int, width: int
+    nodes: np.ndarray,
+    jitter: np.ndarray,
+    origin: float,
+    canvas: int,
+    width: int,
+    round_corners: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixels of a curve through the cell centres (+ jitter) on a ``canvas×canvas`` grid
     whose cell (0, 0) starts at pixel ``origin``: flat indices, along-path distance of each
     (px from the first node, that of the nearest point of the centre line, measured along
     the cell path: the end is at exactly ``8·(len(nodes) - 1)`` px) and the start point.
-    The canvas must have room for the whole curve (no clipping here)."""
-    points = _smooth(nodes * CELL + origin + (CELL - 1) / 2 + jitter)
+    The canvas must have room for the whole curve (no clipping here). ``round_corners``
+    cuts the corners (Chaikin); without it the curve goes straight from cell to cell."""
+    points = nodes * CELL + origin + (CELL - 1) / 2 + jitter
+    if round_corners:
+        points = _smooth(points)
     seg = np.sqrt((np.diff(points, axis=0) ** 2).sum(1))
     arc = np.concatenate([[0.0], np.cumsum(seg)])
-    # Centre line every px (every 0.5 px for width 1: no gaps at corners).
-    t = np.arange(0.0, arc[-1], 0.5 if width == 1 else 1.0)
+    # Centre line every px (every 0.5 px for width 1: no gaps at corners), up to the last
+    # node's centre itself (without it a whole-cell path ends a pixel short of its cell).
+    t = np.append(np.arange(0.0, arc[-1], 0.5 if width == 1 else 1.0), arc[-1])
     y = np.rint(np.interp(t, arc, points[:, 0]) - (0.5 if width % 2 == 0 else 0.0))
     x = np.rint(np.interp(t, arc, points[:, 1]) - (0.5 if width % 2 == 0 else 0.0))
     # Distances along the cell path: the drawn arc (a little shorter after corner rounding,
@@ -366,6 +428,7 @@ def render(
     ignore_near: float = 0.0,
     distractor_label: str = "background",
     interleave: int = 4,
+    round_corners: bool = True,
     classes: Sequence[int] | None = None,
 ) -> PathfinderSample:
     """Render one sample from ``seed`` (anything ``np.random.SeedSequence`` takes).
@@ -412,7 +475,7 @@ def render(
     covered = np.zeros(pixels, dtype=np.int8)
     starts = []
     for k, (nodes, jit) in enumerate(zip(paths, jitters)):
-        flat, t, start = _trace(nodes, jit, pad + offset, canvas, width)
+        flat, t, start = _trace(nodes, jit, pad + offset, canvas, width, round_corners)
         starts.append(start)
         covered[flat] += 1
         grey[flat] = CURVE_LEVEL
@@ -449,6 +512,32 @@ def render(
     )
 
 
+def flood_oracle(sample: PathfinderSample) -> np.ndarray:
+    """The non-learned reference: each cue's class flooded along its own path on the
+    feature grid (1 cell = 8 px from the image's corner, as the backbone's output-stride-8
+    map), ``⌈size/8⌉²`` uint8 class ids, 0 where no flood reaches.
+
+    It reads what a propagating head could know at that resolution and nothing more: which
+    cells a drawn curve covers (at least :data:`ORACLE_CELL_FILL` of their pixels, cued and
+    distractor curves alike) and the cue's colour (the class of ``cue_centres[k]``'s curve).
+    A cue's class fills the 4-connected component of covered cells holding its cue; labels
+    are never read. Where one component holds several cues (``crossings=True``) the first
+    cue drawn wins. Upsampled like a head's logits, it shows whether the far pixels are
+    solvable at the benchmark's resolution (``python -m diffusion_seg.bench oracle``)."""
+    size = sample.path_id.shape[0]
+    grid = -(-size // CELL)
+    drawn = np.zeros((grid * CELL, grid * CELL), dtype=bool)
+    drawn[:size, :size] = sample.path_id > 0
+    covered = drawn.reshape(grid, CELL, grid, CELL).mean((1, 3)) >= ORACLE_CELL_FILL
+    components, _ = ndimage.label(covered)  # 4-connectivity
+    flooded = np.zeros((grid, grid), dtype=np.uint8)
+    for (y, x), cls in reversed(list(zip(sample.cue_centres, sample.classes))):
+        component = components[int(y) // CELL, int(x) // CELL]
+        if component:
+            flooded[components == component] = cls
+    return flooded
+
+
 class PathfinderDataset(Dataset):
     """Cue-coloured paths whose class must be carried along the path (module docstring).
 
@@ -466,7 +555,7 @@ class PathfinderDataset(Dataset):
         crossings: let paths cross / touch (shared pixels ignored); default keeps one empty
             cell between paths.
         noise: std of the pixel noise (grey levels) on everything.
-        width: path width in px (1..7).
+        width: path width in px (1..8).
         jitter: random offset of the path's nodes from the cell centres, px (0..2).
         cue_size: side of the cue square, px (1..12).
         ignore_near: path pixels closer than this to their cue along the path (cells) are
@@ -474,6 +563,12 @@ class PathfinderDataset(Dataset):
         distractor_label: ``background`` (distractors are class 0) or ``ignore`` (255).
         interleave: keep the best of this many layouts for "another path's cue is nearer
             than the own one" (1: plain random layout).
+        round_corners: cut the corners of the paths (``False``: straight from cell to cell;
+            with ``width=8`` and ``jitter=0`` a path then covers exactly its cells).
+        cache: keep every rendered sample (before the transform) in memory, so later epochs
+            only augment: samples are deterministic, and rendering is most of the data
+            time (about 36 kB per 64² sample; a DataLoader worker keeps its own cache, so use
+            it with ``num_workers=0`` or persistent workers).
         transform: albumentations pipeline.
     """
 
@@ -499,6 +594,8 @@ class PathfinderDataset(Dataset):
         ignore_near: float = 0.0,
         distractor_label: str = "background",
         interleave: int = 4,
+        round_corners: bool = True,
+        cache: bool = False,
         transform: Transform | None = None,
     ) -> None:
         if split not in SPLIT_OFFSETS:
@@ -528,8 +625,12 @@ class PathfinderDataset(Dataset):
             "ignore_near": float(ignore_near),
             "distractor_label": distractor_label,
             "interleave": int(interleave),
+            "round_corners": bool(round_corners),
         }
         self.transform = transform
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] | None = (
+            {} if cache else None
+        )
 
     def __len__(self) -> int:
         return self.length
@@ -546,7 +647,29 @@ class PathfinderDataset(Dataset):
         return s.image, s.label
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """``image``, ``mask`` and ``name`` as every dataset gives them, plus what the context
+        metrics need (:class:`diffusion_seg.metrics.ContextMetrics`), transformed with the
+        label: ``cue_distance`` (float, along-path distance from the cue in feature cells,
+        -1 off the paths) and ``misleading`` (bool, labelled path pixels whose nearest cue in
+        straight line has another class)."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")
-        image, label = self.generate(index)
-        return apply_transform(self.transform, image, label, f"{self.split}_{index:05d}")
+        arrays = self._cache.get(index) if self._cache is not None else None
+        if arrays is None:
+            arrays = self._arrays(index)
+            if self._cache is not None:
+                self._cache[index] = arrays
+        image, label, maps = arrays
+        item = apply_transform(self.transform, image, label, f"{self.split}_{index:05d}", maps)
+        item["misleading"] = item["misleading"].bool()
+        return item
+
+    def _arrays(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Image, label and the context maps of sample ``index``, before the transform."""
+        s = self.sample(index)
+        path = (s.label >= 1) & (s.label <= NUM_CUE_CLASSES)
+        maps = {
+            "cue_distance": np.where(s.distance >= 0, s.distance / CELL, -1.0).astype(np.float32),
+            "misleading": (path & (s.nearest_cue_class() != s.label)).astype(np.uint8),
+        }
+        return s.image, s.label, maps

@@ -25,6 +25,12 @@ from diffusion_seg.errors import CheckpointError, CheckpointNotFoundError
 from diffusion_seg.models.segmentor import Segmentor
 
 CONFIG_KEY = "diffusion_seg_config"
+# What diffusion-seg stores in a checkpoint, versioned so a reader knows what to upgrade:
+# 1 = diffusion-seg 0.1.0 (written without this key; nested dataset.dataset, root-level
+# loss / inference: :func:`upgrade_config`), 2 = today's run config. Written by
+# :class:`AtomicCheckpointIO`, which every command's Trainer uses.
+FORMAT_KEY = "diffusion_seg_format_version"
+FORMAT_VERSION = 2
 NETWORK_PREFIX = "net."
 LAST = "last.ckpt"
 
@@ -83,6 +89,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        checkpoint[FORMAT_KEY] = FORMAT_VERSION
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
@@ -104,13 +111,22 @@ def run_config(checkpoint: dict[str, Any], path: str | Path) -> DictConfig:
         raise CheckpointError(
             f"{path} holds no diffusion-seg config; was it written by diffusion_seg.train?"
         )
-    return OmegaConf.create(upgrade_config(dict(checkpoint[CONFIG_KEY])))
+    version = checkpoint.get(FORMAT_KEY, 1)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version}, newer than this diffusion-seg reads "
+            f"({FORMAT_VERSION}); install the diffusion-seg version that wrote it or a newer one"
+        )
+    config = dict(checkpoint[CONFIG_KEY])
+    return OmegaConf.create(upgrade_config(config) if version < FORMAT_VERSION else config)
 
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A run config of diffusion-seg 0.1.0 (nested ``dataset.dataset``, root-level
-    ``loss`` / ``inference`` / ``new_lr_mult``) in today's layout, so older checkpoints
-    still evaluate; a current config is returned as it is."""
+    """A run config of checkpoint format 1 (diffusion-seg 0.1.0: nested ``dataset.dataset``,
+    root-level ``loss`` / ``inference`` / ``new_lr_mult``) in today's layout, so its
+    checkpoints still evaluate. Format-1 files also include those written after the layout
+    changed but before :data:`FORMAT_KEY` existed: a config already in today's layout is
+    returned as it is."""
     dataset = config.get("dataset")
     if isinstance(dataset, dict) and isinstance(dataset.get("dataset"), dict):
         inner = {k: v for k, v in dataset.pop("dataset").items() if k != "_partial_"}

@@ -7,6 +7,7 @@ import csv
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
 
 class AppendingExperimentWriter(ExperimentWriter):
@@ -21,6 +22,14 @@ class AppendingExperimentWriter(ExperimentWriter):
 class ResumableCSVLogger(CSVLogger):
     """``CSVLogger`` whose log continues across ``resume=<run dir>``: a resumed run's rows are
     appended after the first run's instead of replacing them."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        # The task logs the evaluated weights' epoch with each val/test table, a float like
+        # every logged value; the column keeps the integers Lightning writes in the other rows.
+        if isinstance(metrics.get("epoch"), float) and metrics["epoch"].is_integer():
+            metrics = {**metrics, "epoch": int(metrics["epoch"])}
+        super().log_metrics(metrics, step)
 
     @property
     @rank_zero_experiment

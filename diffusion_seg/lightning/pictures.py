@@ -88,6 +88,14 @@ def _predictions(outputs: Any) -> Tensor | None:
     return None
 
 
+def evaluated_progress(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[int, int]:
+    """``(epoch, step)`` of the weights being evaluated, as the metric tables label them
+    (:meth:`~diffusion_seg.lightning.task.SegmentationTask.progress`; the trainer's counters
+    for another module)."""
+    progress = pl_module.progress() if hasattr(pl_module, "progress") else None
+    return progress if progress is not None else (trainer.current_epoch, trainer.global_step)
+
+
 class ValidationPictures(L.Callback):
     """The first ``num_samples`` validation images with ground truth and prediction, every
     epoch, to every logger that takes images (see the module docstring).
@@ -138,7 +146,7 @@ class ValidationPictures(L.Callback):
             return
         class_names = list(getattr(pl_module, "class_names", []))
         palette = dataset_palette(trainer, len(class_names) or 256)
-        step, epoch = trainer.global_step, trainer.current_epoch
+        epoch, step = evaluated_progress(trainer, pl_module)
         took_images = False
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -203,7 +211,8 @@ class EvalReports(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or confmat is None:
             return
         root = Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "eval"
-        title = f"{stage}, epoch {trainer.current_epoch}, step {trainer.global_step}"
+        epoch, step = evaluated_progress(trainer, pl_module)
+        title = f"{stage}, epoch {epoch}, step {step}"
         write_eval_reports(root / stage, confmat, pl_module.class_names, self.top,  # type: ignore[arg-type]
                            title=f"Confusion matrix, row-normalised ({title})")
 

@@ -1,9 +1,12 @@
 """Run dirs that survive a relaunch: what a training job does in a dir that already holds one.
 
-A job's dir (``<sweep dir>/<job number>`` in a multirun, or the run dir) records
+A job's dir (``<sweep dir>/<job number>`` in a multirun, or the run dir) records, written by
+the job itself (Hydra's ``<job dir>/.hydra/`` and ``<sweep dir>/multirun.yaml`` are rewritten by
+every launch into the dir, so they cannot tell what a job ran):
 
 - ``job.yaml``: the job's command-line overrides, written at its first start, and one line per
-  attempt (started / resumed / skipped; time, host, SLURM job id);
+  attempt (started / resumed / skipped; start and end time, host, process, SLURM job id);
+- ``config.yaml``: the composed config the job ran with (resolved), written at its first start;
 - ``finished.yaml``: written atomically when the job ends — its final metrics (the sweeper's
   ``optimized_metric`` among them), epoch, step and best checkpoint; or ``status: diverged``.
 
@@ -12,9 +15,11 @@ metrics without training (**skip**); one that finds ``checkpoints/last.ckpt`` bu
 continues from it (**resume**: a requeued SLURM job, a relaunched sweep, a crash); otherwise
 it **starts**. Hydra's basic, joblib and submitit launchers number the jobs of a sweep 0..n-1
 again when the same sweep is launched into the same ``hydra.sweep.dir``, so each job finds its
-own dir — as long as the overrides are the same: a dir whose ``job.yaml`` lists other overrides
-stops the job with an error instead of mixing two jobs. (Hydra rewrites
-``<job dir>/.hydra/overrides.yaml`` before the job runs, so the record has to be our own.)
+own dir — as long as the overrides are the same. A launch whose job would land in a dir whose
+``job.yaml`` lists other overrides is refused by :class:`RelaunchGuard` (a Hydra callback) at
+the start of the launch, before Hydra writes ``multirun.yaml`` or any ``.hydra/``: every byte
+of the finished jobs stays as it was. The job itself checks again (:func:`plan_run`) where the
+guard cannot foresee its dir.
 
 :class:`SweepReport` (a Hydra callback, ``hydra.callbacks`` in ``conf/train.yaml``) logs at the
 end of a multirun which jobs were skipped, resumed and started, whatever the launcher.
@@ -22,6 +27,8 @@ end of a multirun which jobs were skipped, resumed and started, whatever the lau
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -32,19 +39,24 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.lightning.checkpoint import LAST, resolve_checkpoint_path
-# The completion marker's name: the report command reads what this module writes.
-from diffusion_seg.studies import FINISHED_FILE
+# The record files' names: the report command reads what this module writes.
+from diffusion_seg.studies import CONFIG_FILE, FINISHED_FILE, JOB_FILE
 
 log = logging.getLogger("diffusion_seg")
 
-JOB_FILE = "job.yaml"
 WORDS = {"skip": "skipped (finished before)", "resume": "resumed", "start": "started"}
 # Overrides that do not change what a job computes: left out when a job dir is matched.
 NEUTRAL_KEYS = ("resume", "ckpt_path", "auto_resume")
+# The sweepers whose job list the guard can compute before the launch (it then checks every
+# job's dir), and those that number their trials 0.. again in every launch.
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+# Job files of the attempts this process recorded and has not ended yet → index of the attempt.
+_open_attempts: dict[Path, int] = {}
 
 
 @dataclass
@@ -112,7 +124,8 @@ def plan_run(
     ckpt_path: str | None = None,
     auto_resume: bool = True,
 ) -> RunPlan:
-    """Skip, resume or start the job whose dir is ``output_dir`` (module docstring).
+    """Skip, resume or start the job whose dir is ``output_dir`` (module docstring). Reads, never
+    writes: :class:`RelaunchGuard` calls it for every job before the launch.
 
     An explicit ``resume=<run dir>`` or ``ckpt_path=<file>`` always trains from that checkpoint
     (to train a finished run longer, for instance); it fails here if the file is missing.
@@ -135,19 +148,29 @@ def plan_run(
     return RunPlan("start", reason=f"no {LAST} in {output_dir / 'checkpoints'}")
 
 
-def record_attempt(output_dir: Path, overrides: list[str], plan: RunPlan) -> None:
+def record_attempt(output_dir: Path, overrides: list[str], plan: RunPlan, config: DictConfig | None = None) -> None:
     """Append this attempt to ``job.yaml`` (rank zero only); a job that trains again drops its
-    old ``finished.yaml`` (written anew when it ends)."""
+    old ``finished.yaml`` (written anew when it ends). A fresh start also writes the composed
+    ``config`` to ``config.yaml``: the record the report reads, which no later launch rewrites.
+    :func:`end_attempts` adds the attempt's end time."""
     path = output_dir / JOB_FILE
     record = read_yaml(path)
     if plan.action == "start" or "overrides" not in record:  # a fresh start defines the job
         record["overrides"] = job_overrides(overrides)
+    # A start defines what the job runs; a resume records it only for a job from before config.yaml.
+    unrecorded = plan.action == "resume" and not (output_dir / CONFIG_FILE).is_file()
+    if config is not None and (plan.action == "start" or unrecorded):
+        run_config = OmegaConf.to_container(config, resolve=False)
+        run_config.pop("hydra", None)  # Hydra's own node (present when composed by hand) is not the run's
+        write_yaml_atomic(output_dir / CONFIG_FILE,
+                          OmegaConf.to_container(OmegaConf.create(run_config), resolve=True, throw_on_missing=False))
     now = time.time()
     attempt: dict[str, Any] = {
         "time": now,
         "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
         "action": plan.action,
         "host": socket.gethostname(),
+        "pid": os.getpid(),
     }
     if plan.ckpt_path:
         attempt["checkpoint"] = plan.ckpt_path
@@ -155,10 +178,28 @@ def record_attempt(output_dir: Path, overrides: list[str], plan: RunPlan) -> Non
     if slurm:
         attempt["slurm_job"] = slurm
         attempt["slurm_restart"] = int(os.environ.get("SLURM_RESTART_COUNT", 0))
-    record.setdefault("attempts", []).append(attempt)
+    attempts = record.setdefault("attempts", [])
+    attempts.append(attempt)
     write_yaml_atomic(path, record)
     if plan.action != "skip":
         (output_dir / FINISHED_FILE).unlink(missing_ok=True)
+        _open_attempts[path] = len(attempts) - 1
+
+
+def end_attempts() -> None:
+    """Write the end time of the attempts this process recorded (``end`` in ``job.yaml``): when
+    training returns, fails, or stops on a signal (``diffusion_seg.train`` calls it in a
+    ``finally``), so the report sums the times a job ran and not the pauses between its
+    attempts. A process killed outright (SIGKILL, power loss) leaves its attempt without one."""
+    for path, index in list(_open_attempts.items()):
+        record = read_yaml(path)
+        attempts = record.get("attempts") or []
+        if index < len(attempts):
+            now = time.time()
+            attempts[index]["end"] = now
+            attempts[index]["end_date"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+            write_yaml_atomic(path, record)
+        del _open_attempts[path]
 
 
 def slurm_job_id() -> str | None:
@@ -217,18 +258,131 @@ def _sqlite_url(path: str) -> str:
     return f"sqlite:///{file}"
 
 
+def study_name(search: str, task_name: str, dataset: str, overrides: ListConfig | list[str],
+               params: DictConfig | dict[str, Any]) -> str:
+    """``${ds_study_name:<search>,${task_name},<dataset choice>,${hydra.overrides.task},${hydra.sweeper.params}}``:
+    an Optuna study's name, ``<search>_<task name>[_<dataset>]_<hash>``.
+
+    Trials are comparable only under the same data, experiment and budget and over the same
+    search space, so the hash covers every command-line override of the run config (dataset,
+    its options, experiment, fixed parameters, seed; not ``resume`` and the like) and the
+    search space: the same command continues its study, any other one gets its own.
+    """
+    identity = {
+        "overrides": job_overrides([str(o) for o in overrides]),
+        "search_space": {str(k): str(v) for k, v in dict(params).items()},
+    }
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    parts = [search, task_name] + ([dataset] if dataset not in task_name else []) + [digest]
+    return "_".join(parts)
+
+
 def register_sweep_resolvers() -> None:
-    """``ds_gpus`` (launcher resources) and ``ds_sqlite`` (Optuna storage); see above."""
+    """``ds_gpus`` (launcher resources), ``ds_sqlite`` (Optuna storage) and ``ds_study_name``
+    (Optuna study); see above."""
     if not OmegaConf.has_resolver("ds_gpus"):
         OmegaConf.register_new_resolver("ds_gpus", _gpus_per_node)
     if not OmegaConf.has_resolver("ds_sqlite"):
         OmegaConf.register_new_resolver("ds_sqlite", _sqlite_url)
+    if not OmegaConf.has_resolver("ds_study_name"):
+        OmegaConf.register_new_resolver("ds_study_name", study_name)
 
 
 try:  # Hydra's callback API (hydra.experimental in 1.3)
     from hydra.experimental.callback import Callback as _HydraCallback
 except ImportError:  # pragma: no cover
     _HydraCallback = object  # type: ignore[misc,assignment]
+
+
+def _planned_value(config: DictConfig, overrides: list[str], key: str) -> Any:
+    """``key``'s value in a job of this launch: its own override if it has one, else the
+    launch's config."""
+    for override in overrides:
+        name, _, value = override.partition("=")
+        if name.lstrip("+~") == key:
+            return yaml.safe_load(value)
+    return config.get(key)
+
+
+def _check_job_dir(config: DictConfig, job_dir: Path, overrides: list[str]) -> None:
+    """What the job will decide in ``job_dir`` (:func:`plan_run`), decided now: a dir holding
+    another job, or a missing ``resume=`` / ``ckpt_path=`` checkpoint, fails here."""
+    plan_run(job_dir, overrides, _planned_value(config, overrides, "resume"),
+             _planned_value(config, overrides, "ckpt_path"),
+             bool(_planned_value(config, overrides, "auto_resume")))
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The overrides of every job the basic sweeper launches for ``config``, in Hydra's job
+    order (``BasicSweeper.split_arguments``); ``None`` when the jobs cannot be known in advance
+    (another sweeper)."""
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    arguments = [str(o) for o in config.hydra.overrides.task]
+    parsed = OverridesParser.create().parse_overrides(params + arguments)
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+class RelaunchGuard(_HydraCallback):  # type: ignore[misc,valid-type]
+    """Refuses a launch that would put a job into a dir holding another job, at the start of
+    the launch: before the sweeper writes ``multirun.yaml`` and before Hydra writes any job's
+    ``.hydra/`` (``hydra.core.utils.run_job``), so a refused relaunch changes no byte of the
+    dir. One line, exit status 2 (Hydra turns a callback's exception into a warning, hence the
+    exit from here). A relaunch with the same overrides passes: its jobs skip or resume.
+
+    Basic sweeper (every launcher): each job of the launch is checked in
+    ``<sweep dir>/<job number>``. Optuna: its trials are numbered 0.. again in every launch with
+    new parameters, so a sweep dir that already holds jobs is refused (the study continues from
+    its database, in a new sweep dir). A single run: its ``hydra.run.dir``.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from diffusion_seg.cli.errors import user_errors
+
+        with user_errors():
+            _check_job_dir(config, Path(str(config.hydra.run.dir)), [str(o) for o in config.hydra.overrides.task])
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from diffusion_seg.cli.errors import user_errors
+
+        with user_errors():
+            check_sweep_dir(config)
+
+
+def check_sweep_dir(config: DictConfig) -> None:
+    """:class:`RelaunchGuard`'s check of a multirun (see there)."""
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    if not sweep_dir.is_dir():
+        return
+    arguments = [str(o) for o in config.hydra.overrides.task]
+    if config.hydra.sweeper.get("_target_") == OPTUNA_SWEEPER:
+        held = sorted(p.name for p in sweep_dir.iterdir() if (p / JOB_FILE).is_file())
+        if held and (_planned_value(config, arguments, "auto_resume") and not _planned_value(config, arguments, "resume")
+                     and not _planned_value(config, arguments, "ckpt_path")):
+            raise ConfigError(
+                f"hydra.sweep.dir={sweep_dir} already holds the jobs of a search ({', '.join(held[:5])}"
+                f"{', …' if len(held) > 5 else ''}): an Optuna launch numbers its trials 0.. again with new "
+                f"parameters. Leave hydra.sweep.dir out (study {config.hydra.sweeper.get('study_name')} "
+                "continues from its database) or give a new one; nothing was written."
+            )
+        return
+    jobs = sweep_jobs(config)
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+    if jobs is None or subdir != "${hydra.job.num}":
+        return  # job dirs unknown before the launch: each job checks its own (plan_run)
+    refused = []
+    for num, overrides in enumerate(jobs):
+        try:
+            _check_job_dir(config, sweep_dir / str(num), overrides)
+        except ConfigError as err:
+            refused.append(str(err))
+    if refused:
+        more = f" ({len(refused)} of the {len(jobs)} jobs of this launch meet such a dir)" if len(refused) > 1 else ""
+        raise ConfigError(f"{refused[0].rstrip('.')}{more}; nothing was written.")
 
 
 class SweepReport(_HydraCallback):  # type: ignore[misc,valid-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -12,8 +13,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from diffusion_seg.lightning.checkpoint import CONFIG_KEY
+from diffusion_seg.lightning.progress import crf_progress
 from diffusion_seg.lightning.safety import FiniteStepGuard
-from diffusion_seg.metrics import SegmentationMetrics, format_table
+from diffusion_seg.metrics import ContextMetrics, SegmentationMetrics, format_context, format_table
+from diffusion_seg.models.crf import DenseCRF
 from diffusion_seg.models.inference import predict
 from diffusion_seg.models.losses import cross_entropy
 from diffusion_seg.models.segmentor import Segmentor
@@ -24,6 +27,28 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 # Epoch metrics come from a torchmetrics state that is already summed across processes, so
 # Lightning's advice to add sync_dist=True would only average identical numbers.
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed.*")
+
+# Logged with every val/test table: Lightning takes a logged "step" as the step of that log
+# call (metrics.csv's step column, TensorBoard's x axis) and ModelCheckpoint fills a file name's
+# {epoch}/{step} from them. They label the weights; they are not metrics.
+PROGRESS_KEYS = ("epoch", "step")
+
+
+def checkpoint_progress(checkpoint: dict[str, Any]) -> tuple[int, int]:
+    """``(epoch, step)`` of a checkpoint's weights (:meth:`SegmentationTask.progress`).
+
+    Lightning's own ``epoch`` field is its epoch counter at saving time, which differs for the
+    same weights: 0 when saved at the first validation, 1 when saved as the run ends after
+    that epoch. The fit loop's count of epochs processed to their end is 1 in both."""
+    loops = checkpoint.get("loops") or {}
+    epochs = loops.get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
+    return int(checkpoint.get("epoch", 0) if epochs is None else epochs), int(checkpoint.get("global_step", 0))
+
+
+def read_checkpoint_progress(path: str | Path) -> tuple[int, int]:
+    """:func:`checkpoint_progress` of a checkpoint file; memory-mapped, so its tensors are
+    not read."""
+    return checkpoint_progress(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
 
 
 class SegmentationTask(L.LightningModule):
@@ -52,6 +77,10 @@ class SegmentationTask(L.LightningModule):
             saved from it), or ``skip`` that update (:class:`~diffusion_seg.lightning.safety.FiniteStepGuard`).
         run_config: the resolved run configuration, stored in every checkpoint so a checkpoint
             alone rebuilds the network (:func:`diffusion_seg.lightning.checkpoint.load_segmentor`).
+
+    Every val/test table, checkpoint name and logged val/test row says which weights it
+    measured as ``epoch E, step S``: E training epochs run to their end and S optimizer steps
+    taken (:meth:`progress`).
     """
 
     def __init__(
@@ -81,6 +110,9 @@ class SegmentationTask(L.LightningModule):
         self.channels_last = channels_last
         self.eval_aux = eval_aux
         self.run_config = run_config
+        # (epoch, step) of weights loaded from a checkpoint outside fit (test of the best
+        # checkpoint, eval sets it from the file): the trainer's counters are not theirs.
+        self.trained_at: tuple[int, int] | None = None
         self.step_guard = FiniteStepGuard(nonfinite)
         num_classes = len(self.class_names)
         if num_classes != net.num_classes:
@@ -93,8 +125,15 @@ class SegmentationTask(L.LightningModule):
                 "task.eval_aux=true evaluates the auxiliary outputs of one whole-image pass; "
                 "set task.inference.mode=whole, scales=[1.0], flip=false"
             )
+        if self.inference.get("crf"):
+            DenseCRF(**self.inference.get("crf_params", {}))  # bad parameters: one line, now
         self.metrics = torch.nn.ModuleDict(
             {stage: SegmentationMetrics(num_classes, ignore_index) for stage in ("val", "test")}
+        )
+        # Colour accuracy by distance from the cue, for batches that carry the maps it needs
+        # (the pathfinder benchmark's): logged only when such batches were seen.
+        self.context_metrics = torch.nn.ModuleDict(
+            {stage: ContextMetrics(num_classes, ignore_index=ignore_index) for stage in ("val", "test")}
         )
         # Per-output metrics of the auxiliary classifiers, created at the first evaluation
         # batch (their names are the head's): "<stage>/<aux name>".
@@ -136,7 +175,7 @@ class SegmentationTask(L.LightningModule):
         upsampling, the softmax of multi-scale / flip averaging and the loss see these."""
         return self.forward(image).float()
 
-    def _evaluate(self, batch: dict[str, Any], stage: str) -> dict[str, Tensor]:
+    def _evaluate(self, batch: dict[str, Any], stage: str, batch_idx: int = 0) -> dict[str, Tensor]:
         """Update the stage's metrics; returns ``{"pred": B×H×W class ids}`` (what the
         callbacks get as ``outputs``: pictures, prediction files, no second forward pass)."""
         target = batch["mask"]
@@ -158,7 +197,9 @@ class SegmentationTask(L.LightningModule):
             # checkpoint, runs without it; test, validate and eval runs with it.
             crf = bool(self.inference.get("crf")) and self.trainer.state.fn != "fit"
             rgb = self._rgb(batch) if crf else None
-            scores = predict(self._logits_fp32, image, **{**self.inference, "crf": crf}, rgb=rgb)
+            moving_bar = crf_progress(self.trainer, stage, batch_idx) if crf else None
+            scores = predict(self._logits_fp32, image, **{**self.inference, "crf": crf}, rgb=rgb,
+                             crf_progress=moving_bar)
         single_pass = tuple(self.inference.get("scales", (1.0,))) == (1.0,)
         crf = bool(self.inference.get("crf")) and not self.eval_aux and self.trainer.state.fn != "fit"
         if single_pass and not self.inference.get("flip", False) and not crf:  # scores are logits
@@ -166,6 +207,9 @@ class SegmentationTask(L.LightningModule):
             self.log(f"{stage}/loss", loss, batch_size=target.shape[0], sync_dist=True)
         pred = scores.argmax(1)
         self.metrics[stage].update(pred, target)
+        if all(key in batch for key in ContextMetrics.batch_keys):
+            maps = (batch[key] for key in ContextMetrics.batch_keys)
+            self.context_metrics[stage].update(pred, target, *maps)
         return {"pred": pred}
 
     def _rgb(self, batch: dict[str, Any]) -> Tensor:
@@ -177,10 +221,10 @@ class SegmentationTask(L.LightningModule):
         return (batch["image"].float() * std + mean).mul(255).clamp(0, 255)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(batch, "val")
+        return self._evaluate(batch, "val", batch_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return self._evaluate(batch, "test")
+        return self._evaluate(batch, "test", batch_idx)
 
     def _report(self, metrics: SegmentationMetrics, prefix: str, title: str) -> dict[str, Tensor]:
         results = metrics.compute()
@@ -192,7 +236,9 @@ class SegmentationTask(L.LightningModule):
             if not torch.isnan(iou):
                 self.log(f"{prefix}/IoU/{name}", iou)
         if not self.trainer.sanity_checking:
-            title = f"{title} (epoch {self.current_epoch}, step {self.global_step})"
+            progress = self.progress()
+            if progress is not None:
+                title = f"{title} (epoch {progress[0]}, step {progress[1]})"
             rank_zero_info("\n" + format_table(results, self.class_names, title))
         return results
 
@@ -201,11 +247,49 @@ class SegmentationTask(L.LightningModule):
         # kept for the report files (lightning.pictures.EvalReports, the eval command).
         with self.metrics[stage].sync_context():
             self.confmats[stage] = self.metrics[stage].confmat.detach().cpu().clone()
+        progress = self.progress()
+        if progress is not None:
+            for key, value in zip(PROGRESS_KEYS, progress):
+                self.log(key, float(value))
         self._report(self.metrics[stage], stage, f"{stage} metrics")
+        context = self.context_metrics[stage]
+        if context.update_count:
+            results = context.compute()
+            context.reset()
+            for name, value in results.items():
+                self.log(f"{stage}/{name}", value)
+            if not self.trainer.sanity_checking:
+                title = f"{stage}: colour of the path pixels called path"
+                rank_zero_info("\n" + format_context(results, title))
         for key, metrics in self.aux_metrics.items():
             if key.startswith(f"{stage}/"):
                 name = key.split("/", 1)[1]
                 self._report(metrics, f"{stage}/aux/{name}", f"{stage} metrics of {name}")
+
+    def progress(self) -> tuple[int, int] | None:
+        """``(epoch, step)`` of the weights being evaluated: training epochs run to their end
+        and optimizer steps taken (``global_step``). In fit, and after it while no checkpoint
+        has been loaded, the trainer's; once a checkpoint is loaded, the checkpoint's; ``None``
+        for weights of unknown origin. (Lightning's ``current_epoch`` says 0 at the first
+        epoch's validation, as it counts an epoch once its validation is over, and stays the
+        trainer's when a checkpoint is tested.)"""
+        trainer = self.trainer
+        if trainer.state.fn != "fit" and (self.trained_at is not None or trainer.global_step == 0):
+            return self.trained_at
+        loop = trainer.fit_loop
+        epochs = loop.epoch_progress.current.processed
+        batches = loop.epoch_loop.batch_progress
+        if loop.epoch_progress.current.started > epochs and (
+            batches.is_last_batch or batches.current.ready == trainer.num_training_batches
+        ):
+            epochs += 1  # the validation at an epoch's end, which Lightning counts right after it
+        return epochs, trainer.global_step
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.trained_at = checkpoint_progress(checkpoint)
+
+    def on_train_start(self) -> None:
+        self.trained_at = None  # training moves the weights on from any checkpoint loaded
 
     def on_validation_epoch_end(self) -> None:
         self._report_stage("val")

@@ -2,9 +2,10 @@
 
 One wrapper, :class:`TimmBackbone`, over ``timm.create_model(..., features_only=True)``. It
 returns the stage features (strides 4/8/16/32, or dilated to output stride 8/16 as in
-DeepLab-v2, which both papers build on) together with their channel counts, and exposes the
-stage modules so a head can hook into the middle of a stage (PDN inserts its module between
-res5b and res5c).
+DeepLab-v2, which both papers build on) together with their channel counts, and lets a head
+insert a module at a block boundary inside it (PDN puts its module between res5b and res5c):
+the block there is wrapped by :class:`InsertedAfter`, so the module shows in ``print(net)``
+where it runs.
 
 Weights come from the hub (``pretrained=True``) when the machine is online, or from a local
 ``.pth`` / ``.safetensors`` file (``weights=/path``) with no network at all.
@@ -143,6 +144,102 @@ class TimmBackbone(nn.Module):
     def forward(self, image: Tensor) -> list[Tensor]:
         return self.model(image)
 
+    def insertion_points(self) -> list[str]:
+        """Every insertion point, shallow to deep: ``<stage>.<i>`` after block i of a stage
+        of blocks, the stage's name after its last block, and ``"output"`` for the end of
+        the last stage (which may be named by its stage too)."""
+        points = []
+        for s, stage_name in enumerate(self.stage_names):
+            stage = _unwrapped(self.stage(s))
+            blocks = len(stage) if isinstance(stage, nn.Sequential) else 1
+            points += [f"{stage_name}.{i}" for i in range(blocks - 1)] + [stage_name]
+        points[-1] = "output"
+        return points
+
+    def insertion_channels(self, point: str) -> int:
+        """Channels of the stream at ``point`` (every block of a ResNet stage outputs the
+        stage's channels); ``ValueError`` naming ``model.insert_at`` for an unknown point."""
+        if point == "output":
+            return self.channels[-1]
+        return self._slot(point)[2]
+
+    def insert_after(self, point: str, module: nn.Module) -> InsertedAfter:
+        """Put ``module`` after the block (or stage) at ``point``: the block is replaced in
+        place by :class:`InsertedAfter` ``(block, module)``, and the rest of the backbone runs
+        on the module's output. Points are those of the network as built (a block already
+        wrapped still counts as the block). ``"output"`` has no block to wrap: the head runs
+        a module there on the last feature."""
+        if point == "output":
+            raise ValueError("insert_after('output'): the output has no block to wrap; run the "
+                             "module on the backbone's last feature")
+        parent, child, _ = self._slot(point)
+        inserted = InsertedAfter(getattr(parent, child), module)
+        setattr(parent, child, inserted)
+        return inserted
+
+    def _slot(self, point: str) -> tuple[nn.Module, str, int]:
+        """``(parent module, child name, channels)`` of the block or stage at ``point``."""
+        stage_name, _, block = str(point).partition(".")
+        if stage_name in self.stage_names:
+            s = self.stage_names.index(stage_name)
+            if not block:
+                parent, _, child = stage_name.rpartition(".")
+                return (self.model.get_submodule(parent) if parent else self.model), child, self.channels[s]
+            stage = _unwrapped(self.stage(s))
+            if isinstance(stage, nn.Sequential) and block.isdigit() and int(block) < len(stage):
+                return stage, block, self.channels[s]
+        raise ValueError(
+            f"model.insert_at: {point!r} is not an insertion point of backbone {self.name}; "
+            f"allowed: {self._describe_points()} (after that block)"
+        )
+
+    def _describe_points(self) -> str:
+        parts = ["'output'"] + [f"'{name}'" for name in self.stage_names]
+        for s, stage_name in enumerate(self.stage_names):
+            stage = _unwrapped(self.stage(s))
+            if isinstance(stage, nn.Sequential):
+                last = f"..'{stage_name}.{len(stage) - 1}'" if len(stage) > 1 else ""
+                parts.append(f"'{stage_name}.0'{last}")
+        return ", ".join(parts)
+
+
+class InsertedAfter(nn.Module):
+    """A backbone block (or stage) and the module inserted after it, in the block's place
+    (:meth:`TimmBackbone.insert_after`): ``forward(x) = module(block(x))[0]``.
+
+    The module returns ``(stream, aux)``: the stream goes on through the backbone, and
+    ``aux`` (a list of tensors, e.g. per-layer auxiliary logits), which cannot travel
+    through the backbone's sequential stages, is kept here until the head that inserted the
+    module takes it (:meth:`take_aux`) in the same forward pass of the network.
+    """
+
+    def __init__(self, block: nn.Module, module: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+        self.module = module
+        self.aux: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, self.aux = self.module(self.block(x))
+        return x
+
+    def take_aux(self) -> list[Tensor]:
+        """The aux outputs of the last forward, handed over once."""
+        aux, self.aux = self.aux, []
+        return aux
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (EMA/SWA, pickling for spawned workers) carries no tensors of a past pass
+        # (a forward of the backbone alone leaves some here): non-leaf tensors would not copy.
+        return {**super().__getstate__(), "aux": []}
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    """The block under any modules inserted after it."""
+    while isinstance(module, InsertedAfter):
+        module = module.block
+    return module
+
 
 
 def dilate_every_block(model: nn.Module, name: str) -> None:
@@ -194,10 +291,10 @@ class CheckpointedStage(nn.Sequential):
     """A stage (``nn.Sequential`` of blocks) that, when gradients are on, runs every block
     under :func:`torch.utils.checkpoint.checkpoint` (non-reentrant): only the block inputs
     are kept, each block is recomputed in backward with the same random state (dropout)
-    and without a second update of its BatchNorm running statistics. Forward hooks on the
-    stage or on a block (PDN, LG-LSTM insertion points) still fire, and tensors they leave
-    aside (auxiliary logits) get their gradients. Same children, so the same parameter names
-    and ``state_dict`` as the plain stage."""
+    and without a second update of its BatchNorm running statistics. A block with a module
+    inserted after it (:class:`InsertedAfter`: PDN, LG-LSTM) is recomputed with its module,
+    and the auxiliary logits it keeps for the head get their gradients. Same children, so
+    the same parameter names and ``state_dict`` as the plain stage."""
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         if not torch.is_grad_enabled():

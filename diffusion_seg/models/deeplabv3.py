@@ -12,8 +12,8 @@ Decode head on the deepest feature x (C channels, ResNet layer4):
 * bottleneck: concat [pool, branches] → 3×3 conv-BN-ReLU to ``channels``;
 * dropout(0.1) → 1×1 classifier (with bias).
 
-Plus the FCN auxiliary head on layer3, aux ``"fcn_layer3"``, weight 0.4 in mmseg: set the run's
-global ``task.aux_weight`` to 0.4 (see
+Plus the FCN auxiliary head on layer3 (:class:`~diffusion_seg.models.heads.DecodeHead`), aux
+``"fcn_layer3"``, weight 0.4 in mmseg: set the run's global ``task.aux_weight`` to 0.4 (see
 :mod:`diffusion_seg.models.pspnet`). The paper's own DeepLabv3 has no auxiliary head and fuses
 the concat with a 1×1 conv; the 3×3 bottleneck and the aux head are mmseg's.
 
@@ -38,16 +38,11 @@ import torch
 from torch import Tensor, nn
 
 from diffusion_seg.models.backbone import TimmBackbone
-from diffusion_seg.models.heads import SegmentationHead, SegmentationOutput, init_normal
-from diffusion_seg.models.pspnet import (
-    build_aux_head,
-    check_dropout,
-    check_positive_ints,
-    conv_bn_relu,
-)
+from diffusion_seg.models.heads import DecodeHead, SegmentationOutput, check_positive_ints
+from diffusion_seg.models.layers import conv_bn_relu
 
 
-class DeepLabV3Head(SegmentationHead):
+class DeepLabV3Head(DecodeHead):
     """DeepLabv3: ASPP with image pooling on the deepest feature, plus an FCN auxiliary head.
 
     Args:
@@ -55,9 +50,8 @@ class DeepLabV3Head(SegmentationHead):
         num_classes: K.
         channels: width of every ASPP branch and of the bottleneck (mmseg: 512).
         dilations: one branch per dilation; 1 gives a 1×1 conv (mmseg D8: 1, 12, 24, 36).
-        dropout: dropout before both classifiers (0.1).
-        aux: add the FCN auxiliary head on layer3 (aux logits ``"fcn_layer3"``).
-        aux_channels: width of the auxiliary head (mmseg: 256).
+        dropout, aux, aux_channels: the decode heads' options
+            (:class:`~diffusion_seg.models.heads.DecodeHead`).
     """
 
     def __init__(
@@ -70,11 +64,8 @@ class DeepLabV3Head(SegmentationHead):
         aux: bool = True,
         aux_channels: int = 256,
     ) -> None:
-        super().__init__()
-        if channels < 1:
-            raise ValueError(f"model.channels={channels} is invalid; allowed: an integer >= 1")
+        super().__init__(channels)
         rates = check_positive_ints("dilations", dilations)
-        check_dropout(dropout)
         in_channels = backbone.channels[-1]
         self.image_pool = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), conv_bn_relu(in_channels, channels)
@@ -84,17 +75,12 @@ class DeepLabV3Head(SegmentationHead):
             for rate in rates
         )
         self.bottleneck = conv_bn_relu((len(rates) + 1) * channels, channels, 3)
-        self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-        init_normal(self.classifier)
-        self.aux_head = (
-            build_aux_head(backbone, num_classes, aux_channels, dropout) if aux else None
-        )
+        self.add_classifier(channels, num_classes, dropout)
+        if aux:
+            self.add_aux_head(backbone, num_classes, aux_channels, dropout)
 
     def forward(self, features: list[Tensor], image: Tensor) -> SegmentationOutput:
         x = features[-1]
         pooled = self.image_pool(x).expand(-1, -1, *x.shape[-2:])
         outs = [pooled] + [branch(x) for branch in self.branches]
-        logits = self.classifier(self.dropout(self.bottleneck(torch.cat(outs, 1))))
-        aux = {} if self.aux_head is None else {"fcn_layer3": self.aux_head(features[-2])}
-        return SegmentationOutput(logits, aux=aux)
+        return self.decode(self.bottleneck(torch.cat(outs, 1)), features)

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion_seg.models.backbone import TimmBackbone
-from diffusion_seg.models.heads import ASPPClassifier, SegmentationHead, SegmentationOutput
+from diffusion_seg.models.heads import SegmentationHead, SegmentationOutput
+from diffusion_seg.models.layers import ASPPClassifier
 
 # DeepLab-v2's single-branch classifier for ResNets ("LargeFOV": one 3×3 conv, dilation 12)
 # is the "no ASPP" alternative of DeepLab-v2, on which DifNet builds (Sec. 5.1): our reading

@@ -12,7 +12,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffusion_seg.models.crf import dense_crf
+from diffusion_seg.models.crf import Progress, dense_crf
 
 LogitsFn = Callable[[Tensor], Tensor]
 
@@ -59,11 +59,12 @@ def predict(
     crf: bool = False,
     crf_params: Mapping[str, Any] | None = None,
     rgb: Tensor | None = None,
+    crf_progress: Progress | None = None,
 ) -> Tensor:
     """Scores ``B×K×H×W`` at the image size: logits for a single pass, else the mean softmax;
     with ``crf`` the marginals of DeepLab-v2's dense CRF on that softmax and the ``rgb``
     image (``B×3×H×W``, 0..255), :func:`diffusion_seg.models.crf.dense_crf` with
-    ``crf_params``."""
+    ``crf_params``, which calls ``crf_progress`` with the fraction of its work done."""
     if mode not in VALID_MODES:
         raise ValueError(f"inference.mode={mode!r} is invalid; allowed: {list(VALID_MODES)}")
     if crf:
@@ -72,7 +73,7 @@ def predict(
         plain = predict(logits_fn, image, mode, crop, stride, scales, flip)
         single = tuple(scales) == (1.0,) and not flip
         probs = plain.float().softmax(1) if single else plain.float()
-        return dense_crf(probs, rgb, **dict(crf_params or {}))
+        return dense_crf(probs, rgb, **dict(crf_params or {}), progress=crf_progress)
     h, w = image.shape[-2:]
 
     def one_pass(x: Tensor) -> Tensor:

@@ -53,31 +53,26 @@ the module works under CPU/GPU autocast in bfloat16.
 
 Placement and outputs
 ---------------------
-As PDN's modules (``diffusion_seg.models.pdn``): the projected feature map is the first
-layer's nine hidden maps (memories zero), the module joins the backbone stream through a
-zero-initialised residual ``x + W_out·h_d`` at one insertion point (the backbone output by
-default), the DeepLab-v2 ASPP classifier reads the network output, and every layer's depth
-hidden map gets a 1×1 classifier for intermediate supervision, ``lg_layer{t}`` (LG-LSTM
-supervises every layer with a pixel-wise cross-entropy).
+As PDN's modules (the same frame, :class:`~diffusion_seg.models.layers.ResidualStack`, and
+head base, :class:`~diffusion_seg.models.heads.InsertedModulesHead`): the projected feature
+map is the first layer's nine hidden maps (memories zero), the module joins the backbone
+stream through a zero-initialised residual ``x + W_out·h_d`` at one insertion point (the
+backbone output by default), the DeepLab-v2 ASPP classifier reads the network output, and
+every layer's depth hidden map gets a 1×1 classifier for intermediate supervision,
+``lg_layer{t}`` (LG-LSTM supervises every layer with a pixel-wise cross-entropy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion_seg.models.backbone import TimmBackbone
-from diffusion_seg.models.heads import (
-    ASPPClassifier,
-    SegmentationHead,
-    SegmentationOutput,
-    init_normal,
-)
-from diffusion_seg.models.pdn import CLASSIFIERS, resolve_insertion_point
+from diffusion_seg.models.heads import InsertedModulesHead
+from diffusion_seg.models.layers import ResidualStack, init_normal
 
 GLOBAL_POOLS = ("max", "avg")
 # The 8 neighbour offsets (dy, dx): the 3×3 window in raster order without its centre.
@@ -150,7 +145,7 @@ class LGLSTMLayer(nn.Module):
         return h_s.flatten(1, 2), m_s.flatten(1, 2), h_d, m_d
 
 
-class LGLSTMModule(nn.Module):
+class LGLSTMModule(ResidualStack):
     """A stack of LG-LSTM layers on a feature map, with per-layer auxiliary classifiers.
 
     ``x`` (C channels) → 1×1 projection to d → the first layer's nine hidden maps (memories
@@ -178,11 +173,6 @@ class LGLSTMModule(nn.Module):
         global_grid: int | None = 3,
         global_pool: str = "max",
     ) -> None:
-        super().__init__()
-        if not isinstance(layers, int) or layers < 1:
-            raise ValueError(f"model.layers={layers} is invalid; allowed: an integer >= 1")
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"model.hidden={hidden} is invalid; allowed: an integer >= 1")
         if global_grid is not None and (not isinstance(global_grid, int) or global_grid < 0):
             raise ValueError(
                 f"model.global_grid={global_grid} is invalid; allowed: null or 0 (local only, "
@@ -192,27 +182,18 @@ class LGLSTMModule(nn.Module):
             raise ValueError(
                 f"model.global_pool={global_pool!r} is invalid; allowed: {', '.join(GLOBAL_POOLS)}"
             )
-        self.hidden = hidden
-        self.proj_in = nn.Conv2d(in_channels, hidden, 1)
-        self.layers = nn.ModuleList(
-            LGLSTMLayer(hidden, global_grid or 0, global_pool) for _ in range(layers)
+        super().__init__(
+            in_channels, num_classes, hidden, layers,
+            lambda: LGLSTMLayer(hidden, global_grid or 0, global_pool),
         )
-        self.classifiers = nn.ModuleList(nn.Conv2d(hidden, num_classes, 1) for _ in range(layers))
-        self.proj_out = nn.Conv2d(hidden, in_channels, 1)
-        init_normal(self.proj_in)
-        init_normal(self.classifiers)
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        h_d = self.proj_in(x)
-        h_s = h_d.repeat(1, len(NEIGHBOR_OFFSETS), 1, 1)
-        m_s, m_d = torch.zeros_like(h_s), torch.zeros_like(h_d)
-        aux = []
-        for layer, classifier in zip(self.layers, self.classifiers):
-            h_s, m_s, h_d, m_d = layer(h_s, m_s, h_d, m_d)
-            aux.append(classifier(h_d))
-        return x + self.proj_out(h_d), aux
+    def initial_state(self, p: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        # (h_s, m_s, h_d, m_d): the projection is every hidden map, memories zero.
+        h_s = p.repeat(1, len(NEIGHBOR_OFFSETS), 1, 1)
+        return h_s, torch.zeros_like(h_s), p, torch.zeros_like(p)
+
+    def depth(self, state: tuple[Tensor, ...]) -> Tensor:
+        return state[2]
 
 
 def lstm_weight_count(module: LGLSTMModule) -> int:
@@ -226,13 +207,13 @@ def lstm_weight_count(module: LGLSTMModule) -> int:
     return count
 
 
-class LGLSTMHead(SegmentationHead):
+class LGLSTMHead(InsertedModulesHead):
     """LG-LSTM baseline: one LG-LSTM module on / in the backbone, then the classifier on the
     network output (as PDN's heads, so the two compare on the same base network). Auxiliary
     logits ``lg_layer{t}`` (1-based) come from every layer's depth hidden map.
 
     Args:
-        backbone: the backbone the head sits on (a hook is registered for inner points).
+        backbone: the backbone the head sits on (the block at an inner point is wrapped).
         num_classes: K.
         layers: LG-LSTM layers (PDN's Table 1 count: 5).
         hidden: d (LG-LSTM's setting: 64).
@@ -256,39 +237,18 @@ class LGLSTMHead(SegmentationHead):
         classifier: str = "aspp",
         dilations: Sequence[int] = (6, 12, 18, 24),
     ) -> None:
-        super().__init__()
-        if classifier not in CLASSIFIERS:
-            raise ValueError(
-                f"model.classifier={classifier!r} is invalid; allowed: {', '.join(CLASSIFIERS)}"
-            )
-        target, channels = resolve_insertion_point(backbone, str(insert_at))
-        self.insert_at = str(insert_at)
-        self.lg = LGLSTMModule(channels, num_classes, layers, hidden, global_grid, global_pool)
-        # Aux logits of a module run inside the backbone, left by its hook for forward().
-        self._pending_aux: list[Tensor] = []
-        self._on_output = target is None
-        if target is not None:
-            target.register_forward_hook(self._hook)
-        in_channels = backbone.channels[-1]
-        if classifier == "aspp":
-            self.classifier: nn.Module = ASPPClassifier(in_channels, num_classes, dilations)
-        else:
-            self.classifier = nn.Conv2d(in_channels, num_classes, 1)
-            init_normal(self.classifier)
+        def module(channels: int) -> LGLSTMModule:
+            return LGLSTMModule(channels, num_classes, layers, hidden, global_grid, global_pool)
 
-    def diagnostics(self) -> dict[str, float]:
-        """Norm of the output projection: how much the module writes into the stream."""
-        return {"lg_out_norm": float(self.lg.proj_out.weight.detach().norm())}
+        super().__init__(
+            backbone, num_classes, [str(insert_at)], module, ["lg"], classifier, dilations
+        )
 
-    def _hook(self, module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
-        # Replaces the block's output by the module's: the rest of the backbone runs on it.
-        output, self._pending_aux = self.lg(output)
-        return output
+    @property
+    def lg(self) -> LGLSTMModule:
+        """The LG-LSTM module, wherever it sits."""
+        return self.inserted_modules()[0]
 
-    def forward(self, features: list[Tensor], image: Tensor) -> SegmentationOutput:
-        x = features[-1]
-        if self._on_output:
-            x, self._pending_aux = self.lg(x)
-        aux = {f"lg_layer{t}": logits for t, logits in enumerate(self._pending_aux, start=1)}
-        self._pending_aux = []
-        return SegmentationOutput(self.classifier(x), aux=aux)
+    def moved_modules(self) -> dict[str, nn.Module]:
+        # Up to 79d199a the module was the head's child ``lg``, hooked into the backbone.
+        return {"lg": self.lg}

@@ -61,14 +61,13 @@ The module joins the backbone stream through a residual connection: ``x + W_out�
 network is unchanged at step 0). :class:`PDNHead` applies modules at *insertion points*: the
 backbone output (``"output"``), the end of a stage (``"layer3"``) or the end of a block
 inside a stage (``"layer4.1"``: after res5b, i.e. between res5b and res5c of ResNet-101, the
-paper's place in Sec. 5.1). Points inside the backbone use forward hooks registered on the
-block, while the modules stay children of the head (so their parameters count as new layers
-with the 10× learning rate).
+paper's place in Sec. 5.1). Inside the backbone the block there is wrapped with the module
+(:class:`~diffusion_seg.models.backbone.InsertedAfter`); its parameters count as new layers
+with the 10× learning rate wherever it sits.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -78,15 +77,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion_seg.models.backbone import TimmBackbone
-from diffusion_seg.models.heads import (
-    ASPPClassifier,
-    SegmentationHead,
-    SegmentationOutput,
-    init_normal,
-)
+from diffusion_seg.models.heads import InsertedModulesHead
+from diffusion_seg.models.layers import ResidualStack
 
 CONV_TYPES = ("channelwise", "full")
-CLASSIFIERS = ("aspp", "1x1")
 # The paper's init: "Gaussian distribution with the mean 0 and the variance 0.01" (Sec. 5).
 PAPER_INIT_STD = math.sqrt(0.01)
 
@@ -289,7 +283,7 @@ class DiffusionLayer(nn.Module):
         return h.flatten(1, 2), m.flatten(1, 2)
 
 
-class DiffusionModule(nn.Module):
+class DiffusionModule(ResidualStack):
     """A stack of diffusion layers on a feature map, with per-layer auxiliary classifiers.
 
     ``x`` (C channels) → 1×1 projection to d → E+1 copies as the first layer's hidden maps,
@@ -319,55 +313,23 @@ class DiffusionModule(nn.Module):
         conv: str = "channelwise",
         init_std: float = PAPER_INIT_STD,
     ) -> None:
-        super().__init__()
         rings = rings_from_neighbors(neighbors)
-        if layers < 1:
-            raise ValueError(f"model.layers={layers} is invalid; allowed: an integer >= 1")
-        if hidden < 1:
-            raise ValueError(f"model.hidden={hidden} is invalid; allowed: an integer >= 1")
-        self.rings = rings
-        self.hidden = hidden
-        self.proj_in = nn.Conv2d(in_channels, hidden, 1)
-        self.layers = nn.ModuleList(
-            DiffusionLayer(hidden, rings, conv, init_std) for _ in range(layers)
+        super().__init__(
+            in_channels, num_classes, hidden, layers,
+            lambda: DiffusionLayer(hidden, rings, conv, init_std),
         )
-        self.classifiers = nn.ModuleList(nn.Conv2d(hidden, num_classes, 1) for _ in range(layers))
-        self.proj_out = nn.Conv2d(hidden, in_channels, 1)
-        # The projections and classifiers are not described by the paper: N(0, 0.01²) like
-        # every other new layer of the project (DeepLab's classifier init). The residual
-        # branch starts at zero so inserting the module keeps the pretrained network intact;
-        # the auxiliary losses train the LSTMs from the first step.
-        init_normal(self.proj_in)
-        init_normal(self.classifiers)
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
+        self.rings = rings
 
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        lstms = self.rings + 1
-        p = self.proj_in(x)
-        # E+1 copies of the projected features, channel-major (c·(E+1) + e), in x's layout.
-        h = p.unsqueeze(2).expand(-1, -1, lstms, -1, -1).flatten(1, 2)
+    def initial_state(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        # E+1 copies of the projected features, channel-major (c·(E+1) + e), in p's layout;
+        # memories zero.
+        h = p.unsqueeze(2).expand(-1, -1, self.rings + 1, -1, -1).flatten(1, 2)
         if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous():
             h = h.contiguous(memory_format=torch.channels_last)
-        m = torch.zeros_like(h)
-        aux = []
-        for layer, classifier in zip(self.layers, self.classifiers):
-            h, m = layer(h, m)
-            aux.append(classifier(h.unflatten(1, (self.hidden, lstms))[:, :, 0]))
-        depth = h.unflatten(1, (self.hidden, lstms))[:, :, 0]
-        return x + self.proj_out(depth), aux
+        return h, torch.zeros_like(h)
 
-
-def _block_boundaries(backbone: TimmBackbone) -> list[str]:
-    """Every insertion point, shallow to deep: ``<stage>.<i>`` after block i, the stage's
-    name after its last block, and ``"output"`` for the end of the last stage."""
-    points = []
-    for s, stage_name in enumerate(backbone.stage_names):
-        stage = backbone.stage(s)
-        blocks = len(stage) if isinstance(stage, nn.Sequential) else 1
-        points += [f"{stage_name}.{i}" for i in range(blocks - 1)] + [stage_name]
-    points[-1] = "output"
-    return points
+    def depth(self, state: tuple[Tensor, ...]) -> Tensor:
+        return state[0].unflatten(1, (self.hidden, self.rings + 1))[:, :, 0]
 
 
 def default_insertion_points(backbone: TimmBackbone, modules: int) -> list[str]:
@@ -378,7 +340,7 @@ def default_insertion_points(backbone: TimmBackbone, modules: int) -> list[str]:
     and after res5c (``["layer4.1", "output"]``: two depths of the last stage); on the tiny
     backbone (one block per stage) after layer3 and on the output.
     """
-    points = _block_boundaries(backbone)
+    points = backbone.insertion_points()
     if modules > len(points):
         raise ValueError(
             f"model.modules={modules} is invalid for backbone {backbone.name}: it has "
@@ -387,38 +349,7 @@ def default_insertion_points(backbone: TimmBackbone, modules: int) -> list[str]:
     return points[-modules:]
 
 
-def _describe_points(backbone: TimmBackbone) -> str:
-    parts = ["'output'"] + [f"'{name}'" for name in backbone.stage_names]
-    for s, stage_name in enumerate(backbone.stage_names):
-        stage = backbone.stage(s)
-        if isinstance(stage, nn.Sequential):
-            last = f"..'{stage_name}.{len(stage) - 1}'" if len(stage) > 1 else ""
-            parts.append(f"'{stage_name}.0'{last}")
-    return ", ".join(parts)
-
-
-def resolve_insertion_point(backbone: TimmBackbone, point: str) -> tuple[nn.Module | None, int]:
-    """``(module to hook or None for the output, channels there)`` for one insertion point.
-
-    Every block of a (ResNet) stage outputs the stage's channels.
-    """
-    stage_name, _, block = str(point).partition(".")
-    if point == "output":
-        return None, backbone.channels[-1]
-    if stage_name in backbone.stage_names:
-        s = backbone.stage_names.index(stage_name)
-        stage = backbone.stage(s)
-        if not block:
-            return stage, backbone.channels[s]
-        if isinstance(stage, nn.Sequential) and block.isdigit() and int(block) < len(stage):
-            return stage[int(block)], backbone.channels[s]
-    raise ValueError(
-        f"model.insert_at: {point!r} is not an insertion point of backbone {backbone.name}; "
-        f"allowed: {_describe_points(backbone)} (after that block)"
-    )
-
-
-class PDNHead(SegmentationHead):
+class PDNHead(InsertedModulesHead):
     """PDN: diffusion modules in / on the backbone, then the classifier on the network output.
 
     The final prediction comes from the network output (ResNet res5c) through the classifier,
@@ -427,7 +358,7 @@ class PDNHead(SegmentationHead):
     supervision.
 
     Args:
-        backbone: the backbone the head sits on (hooks are registered on its blocks).
+        backbone: the backbone the head sits on (the blocks at inner points are wrapped).
         num_classes: K.
         neighbors: 8, 24, 48, ... (4E(E+1)); paper rows 8NB and 24NB.
         layers: diffusion layers per module (paper: 4).
@@ -456,13 +387,8 @@ class PDNHead(SegmentationHead):
         dilations: Sequence[int] = (6, 12, 18, 24),
         init_std: float = PAPER_INIT_STD,
     ) -> None:
-        super().__init__()
         if modules < 1:
             raise ValueError(f"model.modules={modules} is invalid; allowed: an integer >= 1")
-        if classifier not in CLASSIFIERS:
-            raise ValueError(
-                f"model.classifier={classifier!r} is invalid; allowed: {', '.join(CLASSIFIERS)}"
-            )
         if insert_at is None:
             points = default_insertion_points(backbone, modules)
         else:
@@ -472,53 +398,18 @@ class PDNHead(SegmentationHead):
                     f"model.insert_at={points} names {len(points)} insertion points but "
                     f"model.modules={modules}; give one point per module"
                 )
-        self.insert_at = points
-        self.pdn = nn.ModuleList()
-        self._output_modules: list[int] = []
-        # Aux logits of the modules run inside the backbone, collected by their hooks during
-        # the backbone's forward and handed out by the head's forward.
-        self._pending_aux: dict[int, list[Tensor]] = {}
-        # Resolve every point before hooking any: a bad one must leave the backbone untouched.
-        resolved = [resolve_insertion_point(backbone, point) for point in points]
-        for index, (target, channels) in enumerate(resolved):
-            self.pdn.append(
-                DiffusionModule(channels, num_classes, neighbors, layers, hidden, conv, init_std)
-            )
-            if target is None:
-                self._output_modules.append(index)
-            else:
-                target.register_forward_hook(functools.partial(self._hook, index))
-        in_channels = backbone.channels[-1]
-        if classifier == "aspp":
-            self.classifier: nn.Module = ASPPClassifier(in_channels, num_classes, dilations)
-        else:
-            self.classifier = nn.Conv2d(in_channels, num_classes, 1)
-            init_normal(self.classifier)
 
-    def diagnostics(self) -> dict[str, float]:
-        """Norm of each module's output projection: how much the module writes into the
-        backbone stream (0 at init, so it shows whether training puts the module to use)."""
-        return {
-            f"pdn{index + 1}_out_norm": float(module.proj_out.weight.detach().norm())
-            for index, module in enumerate(self.pdn)
-        }
+        def module(channels: int) -> DiffusionModule:
+            return DiffusionModule(channels, num_classes, neighbors, layers, hidden, conv, init_std)
 
-    def _run(self, index: int, x: Tensor) -> Tensor:
-        out, self._pending_aux[index] = self.pdn[index](x)
-        return out
+        names = [f"pdn{m}" for m in range(1, modules + 1)]
+        super().__init__(backbone, num_classes, points, module, names, classifier, dilations)
 
-    def _hook(self, index: int, module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
-        # Replaces the block's output by the module's: the rest of the backbone runs on it.
-        return self._run(index, output)
+    @property
+    def pdn(self) -> nn.ModuleList:
+        """The diffusion modules in ``insert_at`` order, wherever they sit."""
+        return nn.ModuleList(self.inserted_modules())
 
-    def forward(self, features: list[Tensor], image: Tensor) -> SegmentationOutput:
-        x = features[-1]
-        for index in self._output_modules:
-            x = self._run(index, x)
-        aux = {
-            f"pdn{index + 1}_layer{t}": logits
-            for index, layers in sorted(self._pending_aux.items())
-            for t, logits in enumerate(layers, start=1)
-        }
-        self._pending_aux.clear()
-        return SegmentationOutput(self.classifier(x), aux=aux)
+    def moved_modules(self) -> dict[str, nn.Module]:
+        # Up to 79d199a the modules were the head's ModuleList ``pdn``, hooked into the backbone.
+        return {f"pdn.{index}": module for index, module in enumerate(self.inserted_modules())}

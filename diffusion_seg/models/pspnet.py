@@ -16,6 +16,7 @@ loss weight is 0.4 in the paper (α, Sec. 5) and in mmseg; here every aux loss u
 
 Convs followed by BN have no bias (mmseg's ``ConvModule``), are Kaiming-normal (fan-out, ReLU)
 initialised like mmseg's; the classifiers are N(0, 0.01²) with zero bias (mmseg's ``conv_seg``).
+The classifier and the auxiliary head come from :class:`~diffusion_seg.models.heads.DecodeHead`.
 
 Parameter count (weights + biases + BN affine; K classes, C = in channels, c = ``channels``,
 S = number of pool scales, C3 = layer3 channels, a = aux channels)::
@@ -39,68 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffusion_seg.models.backbone import TimmBackbone
-from diffusion_seg.models.heads import SegmentationHead, SegmentationOutput, init_normal
+from diffusion_seg.models.heads import DecodeHead, SegmentationOutput, check_positive_ints
+from diffusion_seg.models.layers import conv_bn_relu
 
 
-def conv_bn_relu(
-    in_channels: int, out_channels: int, kernel: int = 1, dilation: int = 1
-) -> nn.Sequential:
-    """mmseg's ``ConvModule``: conv (no bias, Kaiming fan-out) → BatchNorm → ReLU."""
-    padding = 0 if kernel == 1 else dilation * (kernel // 2)
-    conv = nn.Conv2d(
-        in_channels, out_channels, kernel, padding=padding, dilation=dilation, bias=False
-    )
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    return nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
-
-
-def check_dropout(dropout: float) -> None:
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"model.dropout={dropout} is invalid; allowed: a float in [0, 1)")
-
-
-def check_positive_ints(key: str, values: Sequence[int]) -> list[int]:
-    """``values`` as a non-empty list of integers >= 1, else the ``model.<key>`` error."""
-    items = list(values) if isinstance(values, Sequence) and not isinstance(values, str) else []
-    if not items or not all(isinstance(v, int) and v >= 1 for v in items):
-        raise ValueError(
-            f"model.{key}={values} is invalid; allowed: a non-empty list of integers >= 1"
-        )
-    return items
-
-
-class FCNAuxHead(nn.Module):
-    """mmseg's auxiliary ``FCNHead`` (num_convs=1, concat_input=False): 3×3 conv-BN-ReLU →
-    dropout → 1×1 classifier."""
-
-    def __init__(
-        self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1
-    ) -> None:
-        super().__init__()
-        self.conv = conv_bn_relu(in_channels, channels, 3)
-        self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-        init_normal(self.classifier)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.dropout(self.conv(x)))
-
-
-def build_aux_head(
-    backbone: TimmBackbone, num_classes: int, channels: int, dropout: float
-) -> FCNAuxHead:
-    """The FCN auxiliary head on the second-deepest stage (ResNet layer3)."""
-    if len(backbone.channels) < 2:
-        raise ValueError(
-            f"model.aux=true is invalid for backbone {backbone.name}: it returns one stage; "
-            "allowed: aux=false, or a backbone with two or more stages"
-        )
-    if channels < 1:
-        raise ValueError(f"model.aux_channels={channels} is invalid; allowed: an integer >= 1")
-    return FCNAuxHead(backbone.channels[-2], num_classes, channels, dropout)
-
-
-class PSPHead(SegmentationHead):
+class PSPHead(DecodeHead):
     """PSPNet: pyramid pooling on the deepest feature, plus an FCN auxiliary head on layer3.
 
     Args:
@@ -108,9 +52,8 @@ class PSPHead(SegmentationHead):
         num_classes: K.
         channels: width of every pyramid level and of the bottleneck (mmseg: 512).
         pool_scales: output sizes of the pyramid's adaptive average pools (1, 2, 3, 6).
-        dropout: dropout before both classifiers (0.1).
-        aux: add the FCN auxiliary head on layer3 (aux logits ``"fcn_layer3"``).
-        aux_channels: width of the auxiliary head (mmseg: 256).
+        dropout, aux, aux_channels: the decode heads' options
+            (:class:`~diffusion_seg.models.heads.DecodeHead`).
     """
 
     def __init__(
@@ -123,23 +66,17 @@ class PSPHead(SegmentationHead):
         aux: bool = True,
         aux_channels: int = 256,
     ) -> None:
-        super().__init__()
-        if channels < 1:
-            raise ValueError(f"model.channels={channels} is invalid; allowed: an integer >= 1")
+        super().__init__(channels)
         scales = check_positive_ints("pool_scales", pool_scales)
-        check_dropout(dropout)
         in_channels = backbone.channels[-1]
         self.pyramid = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(scale), conv_bn_relu(in_channels, channels))
             for scale in scales
         )
         self.bottleneck = conv_bn_relu(in_channels + len(scales) * channels, channels, 3)
-        self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-        init_normal(self.classifier)
-        self.aux_head = (
-            build_aux_head(backbone, num_classes, aux_channels, dropout) if aux else None
-        )
+        self.add_classifier(channels, num_classes, dropout)
+        if aux:
+            self.add_aux_head(backbone, num_classes, aux_channels, dropout)
 
     def forward(self, features: list[Tensor], image: Tensor) -> SegmentationOutput:
         x = features[-1]
@@ -147,6 +84,4 @@ class PSPHead(SegmentationHead):
             F.interpolate(level(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
             for level in self.pyramid
         ]
-        logits = self.classifier(self.dropout(self.bottleneck(torch.cat(levels, 1))))
-        aux = {} if self.aux_head is None else {"fcn_layer3": self.aux_head(features[-2])}
-        return SegmentationOutput(logits, aux=aux)
+        return self.decode(self.bottleneck(torch.cat(levels, 1)), features)
