@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
+# One pytest worker per core, at most 4 (pytest-xdist); XDIST= runs the tests in one process.
+XDIST ?= -n auto --maxprocesses=4
 
 .DEFAULT_GOAL := help
 .PHONY: help setup train eval test test-fast bench verify-weights study clean distclean
@@ -33,10 +35,10 @@ eval: $(STAMP) ## Evaluate a checkpoint: make eval CKPT=logs/train/runs/<run>/ch
 	$(PY) -m diffusion_seg.eval ckpt_path=$(CKPT) $(ARGS)
 
 test: $(STAMP) ## Run the whole test suite (CPU, offline)
-	WANDB_MODE=offline $(PY) -m pytest $(PYTEST_ARGS)
+	WANDB_MODE=offline $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Run the tests not marked slow
-	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 study: $(STAMP) ## The built-in miniature studies on CPU, 3 seeds, reports in experiments/reports (about 2 h 10 min on 2 cores)
 	bash experiments/builtin_studies.sh $(ARGS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import subprocess
 import sys
@@ -21,7 +23,38 @@ from diffusion_seg.config import register_resolvers
 from diffusion_seg.models.segmentor import Segmentor
 
 register_resolvers()
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist (`make test` runs two workers) each worker gets one core of two.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+
+# Session fixtures that train through the CLI: a test that uses one waits for a training run.
+TRAINING_FIXTURES = {"trained_pdn", "trained_difnet"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark slow every test that starts a subprocess (a CLI run, a benchmark, DDP workers:
+    seconds of imports each) or uses a trained-run fixture, so ``make test-fast`` (``-m "not
+    slow"``) stays the edit-test loop without anyone remembering to mark them."""
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is None or item.get_closest_marker("slow"):
+            continue
+        source = inspect.getsource(function)
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())) or any(
+            call in source for call in ("run_cli(", "subprocess.", "mp.spawn", "Popen(")
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Hydra's ``main()``, run in-process by some tests, configures the root logger with
+    handlers on that test's captured streams; later tests would log into closed files."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 # Settings that make a CLI training run take seconds on CPU (conf/debug/smoke.yaml).
 FAST_TRAIN = ["debug=smoke"]

@@ -44,6 +44,7 @@ class FakeMachine:
         return {name: self.case(name) for name in self.cost}
 
 
+@pytest.mark.slow  # benchmark worker processes
 def test_rounds_rotate_the_order_after_a_warm_up_in_the_given_order():
     machine = FakeMachine({"A": 1.0, "B": 1.0, "C": 1.0}, drift=[1.0] * 4)
     interleave(machine.cases(), rounds=4, clock=machine.clock)
@@ -142,6 +143,7 @@ def allocate(spec: dict) -> object:
     return call
 
 
+@pytest.mark.slow  # benchmark worker processes
 def test_memory_case_runs_in_a_fresh_process_whatever_the_parent_held():
     # A parent that went through 600 MB must not lend its peak to the case (ru_maxrss of a
     # subprocess starts from its parent's).

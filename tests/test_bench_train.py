@@ -37,6 +37,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # trains every head
 def test_bench_train_quick_times_every_head_against_deeplabv2(capsys, one_thread):
     bench_train.main(["--quick", "--threads", "1"])
     rows = _rows(capsys.readouterr().out)

@@ -26,6 +26,8 @@ from diffusion_seg.models.compile import COMPILE_MODES, compile_network, explain
 
 from .conftest import FAST_TRAIN, compose_config, run_cli, run_dirs
 
+pytestmark = pytest.mark.slow  # inductor compiles: seconds each
+
 # Small variants of every head on the tiny backbone (conf/model/<name>.yaml + overrides).
 HEADS = {
     "fcn": ["model.channels=16"],

@@ -77,7 +77,9 @@ def test_logger_callback_optimizer_configs_build(group, tmp_path, monkeypatch):
             assert isinstance(instantiate(cfg.optimizer)([torch.nn.Parameter(torch.ones(1))]), torch.optim.Optimizer)
         else:
             for key in cfg[group] or {}:
-                assert instantiate_node(cfg, f"{group}.{key}") is not None
+                built = instantiate_node(cfg, f"{group}.{key}")
+                target = cfg[group][key]["_target_"].rsplit(".", 1)[-1]
+                assert type(built).__name__ == target, (group, key, type(built))
 
 
 @pytest.mark.parametrize("name", options("experiment"))

@@ -304,7 +304,8 @@ def test_benchmark_cases_run_in_process() -> None:
             "classes": K, "psi_channels": 64, "batch": 1}
     for mode in ("dense", "attention"):
         result = _diffusion_case({**base, "grid": 6, "mode": mode, "backward": True})
-        assert result["time"] > 0 and result["runs"] == 1 and result["peak"] >= 0
+        # one timed run within the 5 s budget (peak memory is the GPU's: not checked on CPU)
+        assert 0 < result["time"] < 5 and result["runs"] == 1
     result = _train_case({**base, "size": 32, "mode": "attention", "backbone": "test_resnet"})
-    assert result["time"] > 0
+    assert 0 < result["time"] < 5
     assert dense_bytes(128, 5, True) == 7 * 16384**2 * 4

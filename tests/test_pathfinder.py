@@ -180,7 +180,10 @@ def test_misleading_pixels_are_common_far_from_the_cue():
 def test_default_layout_always_fits():
     ds = PathfinderDataset("train", length=300)
     for i in range(300):
-        ds.generate(i)
+        _, label = ds.generate(i)
+        # the paths are drawn: cue-coloured path pixels, and nothing but the four classes and ignore
+        values = set(np.unique(label).tolist())
+        assert values & {1, 2, 3} and values <= {0, 1, 2, 3, 255}, (i, values)
 
 
 def test_shapes_values_and_class_balance():

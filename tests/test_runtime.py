@@ -37,6 +37,7 @@ def probe(mode: str) -> list[str]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.slow  # allocates 600 MB
 def test_large_tensors_come_from_the_heap_and_stay_there() -> None:
     assert probe("keep") == ["True", "False", "True"]  # not mapped; kept after the free
     assert probe("default") == ["None", "True", "False"]  # glibc's default: mapped, returned
