@@ -6,8 +6,8 @@
 the module's call is compiled and the module itself stays what it was, so parameter names,
 ``state_dict`` keys and checkpoints are those of the eager network (no ``_orig_mod.``), the
 learning-rate groups (by name) are unchanged, and a checkpoint written by a compiled run loads
-into an eager one and back. Forward hooks inside the network (PDN's and LG-LSTM's modules
-inside the backbone) are traced with it. Pickling or deep-copying the network drops the
+into an eager one and back. Modules inserted inside the backbone (PDN's and LG-LSTM's,
+:class:`~diffusion_seg.models.backbone.InsertedAfter`) are traced with it. Pickling or deep-copying the network drops the
 compilation (``nn.Module.__getstate__``): a ``ddp_spawn`` worker runs eagerly.
 
 With ``debug=True`` the first call in training mode and the first in eval mode are first run
