@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The CPU miniatures of the built-in studies, 3 seeds each, two jobs at a time (about 2 h 10 min
-# on 2 cores): every head × the pathfinder knob (then its far runs re-evaluated on the far
+# The CPU miniatures of the built-in studies, 3 seeds each, two jobs at a time (2 h 10 min
+# on 2 cores with the earlier pathfinder geometry): every head × the pathfinder knob (then its far runs re-evaluated on the far
 # pixels alone), PDN layers × neighbours, DifNet walks. Each study's report (report.md, plot,
 # runs.csv) is written to experiments/reports/<study>/.
 # Extra arguments go to every sweep, e.g. logger=wandb or hydra.launcher.n_jobs=4.
