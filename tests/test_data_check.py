@@ -1,4 +1,4 @@
-"""`python -m diffusion_seg.data.check` reports counts, class frequencies and every
+"""`python -m diffusion_seg.check` reports counts, class frequencies and every
 problem; `python -m diffusion_seg.bench data` prints its table."""
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class PascalContext(SegmentationDataset):
           ImageSets/SegmentationContext/train.txt    4,998 ids
           ImageSets/SegmentationContext/val.txt      5,105 ids
 
-    written by ``python -m diffusion_seg.data.prepare pascal_context`` from the Detail
+    written by ``python -m diffusion_seg.prepare pascal_context`` from the Detail
     API's ``trainval_merged.json`` (or the per-image ``.mat`` labels).
 
     Args:

@@ -28,7 +28,7 @@ class PersonPart(SegmentationDataset):
         train_id.txt                          1,716 ids
         val_id.txt                            1,817 ids
 
-    written by ``python -m diffusion_seg.data.prepare person_part`` from the release's
+    written by ``python -m diffusion_seg.prepare person_part`` from the release's
     ``pascal_person_part_gt/`` and ``pascal_person_part_trainval_list/``. The label PNGs
     are palette images: the indices are read with PIL, never as OpenCV grayscale (that
     would give luminance of the colours). Root: ``$PERSON_PART_ROOT`` or

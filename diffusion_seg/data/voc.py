@@ -32,7 +32,7 @@ class VOCAug(SegmentationDataset):
           ImageSets/Segmentation/val.txt         1,449 ids (also train.txt, trainval.txt)
 
     ``SegmentationClassAug`` and ``trainaug.txt`` are written by
-    ``python -m diffusion_seg.data.prepare voc_aug`` from the SBD ``cls/*.mat`` files and
+    ``python -m diffusion_seg.prepare voc_aug`` from the SBD ``cls/*.mat`` files and
     VOC's own ``SegmentationClass`` PNGs. A split is any list in ``ImageSets/Segmentation``.
     Root: ``$VOC_ROOT`` or ``<data_dir>/voc``.
     """

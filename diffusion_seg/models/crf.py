@@ -324,52 +324,31 @@ def _message(kernel: _ExactAppearance | _LatticeAppearance | _Smoothness, q: Ten
     return kernel(q).div_(kernel.totals) if mode == "after" else kernel(q).sub_(q)
 
 
-def _mean_field(
-    log_p: Tensor,
-    image: Tensor,
-    iterations: int,
-    bilateral_weight: float,
-    bilateral_xy_std: float,
-    bilateral_rgb_std: float,
-    gaussian_weight: float,
-    gaussian_xy_std: float,
-    mode: str,
-    lattice: bool,
-    progress: Progress | None,
-) -> Tensor:
+def _mean_field(log_p: Tensor, image: Tensor, crf: DenseCRF, mode: str, lattice: bool,
+                progress: Progress | None) -> Tensor:
     """K&K Algorithm 1 with the exact filters or the lattice (module docstring)."""
     log_p = log_p.permute(0, 2, 3, 1).contiguous()  # B×H×W×K
     kernels = []
-    if gaussian_weight > 0:
-        kernels.append((gaussian_weight, _Smoothness(log_p, gaussian_xy_std, truncate=lattice)))
-    if bilateral_weight > 0:
-        appearance = (_LatticeAppearance(image, bilateral_xy_std, bilateral_rgb_std) if lattice
-                      else _ExactAppearance(image, bilateral_xy_std, bilateral_rgb_std,
+    if crf.gaussian_weight > 0:
+        kernels.append((crf.gaussian_weight, _Smoothness(log_p, crf.gaussian_xy_std, truncate=lattice)))
+    if crf.bilateral_weight > 0:
+        appearance = (_LatticeAppearance(image, crf.bilateral_xy_std, crf.bilateral_rgb_std) if lattice
+                      else _ExactAppearance(image, crf.bilateral_xy_std, crf.bilateral_rgb_std,
                                             log_p.shape[-1]))
-        kernels.append((bilateral_weight, appearance))
+        kernels.append((crf.bilateral_weight, appearance))
     q = torch.softmax(log_p, -1)
-    for step in range(iterations):
+    for step in range(crf.iterations):
         logits = log_p.clone()
         for weight, kernel in kernels:
             logits.add_(_message(kernel, q, mode), alpha=weight)
         q = torch.softmax(logits, -1)
         if progress is not None:
-            progress((step + 1) / iterations)
+            progress((step + 1) / crf.iterations)
     return q.permute(0, 3, 1, 2).contiguous()
 
 
-def _released_code(
-    log_p: Tensor,
-    image: Tensor,
-    iterations: int,
-    bilateral_weight: float,
-    bilateral_xy_std: float,
-    bilateral_rgb_std: float,
-    gaussian_weight: float,
-    gaussian_xy_std: float,
-    mode: str,
-    progress: Progress | None,
-) -> Tensor:
+def _released_code(log_p: Tensor, image: Tensor, crf: DenseCRF, mode: str,
+                   progress: Progress | None) -> Tensor:
     """The same inference by pydensecrf2 (the released C++ code), one image at a time."""
     densecrf = _pydensecrf()
     normalization = {"after": densecrf.NORMALIZE_AFTER,
@@ -379,20 +358,20 @@ def _released_code(
     rgb = image.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     out = np.empty((batch, classes, height * width), dtype=np.float32)
     for b in range(batch):
-        crf = densecrf.DenseCRF2D(width, height, classes)
-        crf.setUnaryEnergy(np.ascontiguousarray(unaries[b]))
-        if gaussian_weight > 0:
-            crf.addPairwiseGaussian(sxy=gaussian_xy_std, compat=gaussian_weight,
-                                    normalization=normalization)
-        if bilateral_weight > 0:
-            crf.addPairwiseBilateral(sxy=bilateral_xy_std, srgb=bilateral_rgb_std,
-                                     rgbim=np.ascontiguousarray(rgb[b]), compat=bilateral_weight,
-                                     normalization=normalization)
-        q, scratch1, scratch2 = crf.startInference()
-        for step in range(iterations):
-            crf.stepInference(q, scratch1, scratch2)
+        model = densecrf.DenseCRF2D(width, height, classes)
+        model.setUnaryEnergy(np.ascontiguousarray(unaries[b]))
+        if crf.gaussian_weight > 0:
+            model.addPairwiseGaussian(sxy=crf.gaussian_xy_std, compat=crf.gaussian_weight,
+                                      normalization=normalization)
+        if crf.bilateral_weight > 0:
+            model.addPairwiseBilateral(sxy=crf.bilateral_xy_std, srgb=crf.bilateral_rgb_std,
+                                       rgbim=np.ascontiguousarray(rgb[b]), compat=crf.bilateral_weight,
+                                       normalization=normalization)
+        q, scratch1, scratch2 = model.startInference()
+        for step in range(crf.iterations):
+            model.stepInference(q, scratch1, scratch2)
             if progress is not None:
-                progress((b * iterations + step + 1) / (batch * iterations))
+                progress((b * crf.iterations + step + 1) / (batch * crf.iterations))
         out[b] = np.asarray(q)
     return torch.from_numpy(out).view(batch, classes, height, width).to(log_p.device)
 
@@ -470,22 +449,20 @@ def dense_crf(
         ``B×K×H×W`` marginals Q, float32 (float64 for float64 ``probs``, except with
         ``pydensecrf2``), computed in that precision also under autocast.
     """
-    _check_params(iterations, bilateral_weight, bilateral_xy_std, bilateral_rgb_std,
-                  gaussian_weight, gaussian_xy_std, normalize, backend)
+    crf = DenseCRF(iterations, bilateral_weight, bilateral_xy_std, bilateral_rgb_std,
+                   gaussian_weight, gaussian_xy_std, normalize, backend)  # checks them
     _check_inputs(probs, image)
     mode = _normalization(normalize)
     dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
     with torch.autocast(probs.device.type, enabled=False):
         log_p = probs.to(dtype).clamp_min(torch.finfo(dtype).tiny).log()
         image = image.to(dtype)
-        params = (iterations, bilateral_weight, bilateral_xy_std, bilateral_rgb_std,
-                  gaussian_weight, gaussian_xy_std, mode)
         if backend == "pydensecrf2":
-            return _released_code(log_p, image, *params, progress)
+            return _released_code(log_p, image, crf, mode, progress)
 
         def run(lattice: bool, report: bool) -> Tensor:
             with _one_cpu_thread(probs.device if lattice else None):
-                return _mean_field(log_p, image, *params, lattice, progress if report else None)
+                return _mean_field(log_p, image, crf, mode, lattice, progress if report else None)
 
         if backend == "auto" and probs.device.type == "cuda":
             return _faster_on_cuda(run, probs)
