@@ -9,7 +9,11 @@ these records fall back to ``.hydra/`` (and the report says so), and to the CSV 
 (``csv/metrics.csv``) for their metrics. Runs are grouped by *setting*: their overrides
 without ``seed``. Each setting gets n, mean and standard deviation over its seeds. A study
 config (``conf/study/<name>.yaml``) names its knob (the x axis of the plot) and the published
-numbers of the paper table it reproduces (a column beside ours). Paths in the report are
+numbers of the paper table it reproduces (a column beside ours). The evidence beside the
+means: each setting's learning curve (val mIoU by optimizer step from the CSV logs, mean and
+min–max over seeds, ``curves.png``) and whether it had stopped climbing (:func:`converged`),
+the difference to a baseline setting with a 95 % confidence interval (:func:`deltas`: Welch,
+or paired t over matching seeds) and the pathfinder context metrics. Paths in the report are
 relative to the (first) sweep dir: it names no machine's directories.
 
 Offline and plain: no W&B, no Lightning, no torch. The command is
@@ -39,6 +43,17 @@ JOB_FILE = "job.yaml"
 CONFIG_FILE = "config.yaml"
 FINISHED_FILE = "finished.yaml"
 METRICS = ("mIoU", "mAcc", "aAcc")
+# The Lightning CSV log of a job (conf/logger/csv.yaml): its val/mIoU rows are the learning curve.
+CSV_LOG = Path("csv") / "metrics.csv"
+CURVE_KEY = "val/mIoU"
+# A setting has converged when its mean val mIoU gained less than this (mIoU points) over the
+# last CONVERGED_TAIL of its training steps.
+CONVERGED_GAIN = 0.5
+CONVERGED_TAIL = 0.2
+# The pathfinder context metrics (diffusion_seg.metrics.ContextMetrics): colour accuracy of
+# the path pixels called path, overall, by distance from the cue, on misleading pixels.
+CONTEXT_KEYS = ("color_acc", "color_acc/d0-2", "color_acc/d2-4", "color_acc/d4-6", "color_acc/d6+",
+                "color_acc/misleading", "color_acc/far_misleading")
 # Overrides that vary between repeats of one setting, not between settings.
 REPEAT_KEYS = ("seed", "study")
 
@@ -59,6 +74,7 @@ class Run:
     common: frozenset[str] = frozenset()  # overrides every run of the report shares
     minutes: float | None = None  # time it ran: its attempts summed (see _wall_minutes)
     legacy: bool = False  # no job.yaml / config.yaml: overrides or config read from .hydra/
+    curve: list[tuple[float, float]] = field(default_factory=list)  # (step, val mIoU in %)
 
     @property
     def setting(self) -> str:
@@ -98,6 +114,23 @@ def _csv_metrics(path: Path) -> dict[str, float]:
     return last
 
 
+def read_curve(path: Path, key: str = CURVE_KEY) -> list[tuple[float, float]]:
+    """``(optimizer step, value in %)`` of every row of a Lightning CSV log that logged
+    ``key`` (a fraction), sorted by step; the last row of a step wins (a resumed run logs a
+    step again). ``[]`` without the file or the column."""
+    if not path.is_file():
+        return []
+    points: dict[float, float] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            value, step = row.get(key), row.get("step")
+            try:
+                points[float(step)] = 100.0 * float(value)
+            except (TypeError, ValueError):
+                continue
+    return sorted(points.items())
+
+
 def read_run(job: Path, evaluation: str | None = None) -> Run:
     """One job dir: its overrides, its study and its final metrics (if it finished); with
     ``evaluation``, the metrics of a later evaluation of the run instead: the
@@ -105,6 +138,7 @@ def read_run(job: Path, evaluation: str | None = None) -> Run:
     wrote (e.g. multi-scale, CRF, another split or dataset option)."""
     overrides, config, legacy = job_record(job)
     run = Run(job, overrides, dict(config.get("study") or {}), legacy=legacy)
+    run.curve = read_curve(job / CSV_LOG)
     if evaluation is not None:
         metrics = job / evaluation / "metrics.yaml"
         if metrics.is_file():
@@ -215,6 +249,154 @@ class Row:
     stats: dict[str, tuple[float, float, int]]  # metric → (mean, std, n)
     published: float | None = None
 
+    @property
+    def curve(self) -> list[tuple[float, float, float, float]]:
+        """The setting's learning curve: :func:`mean_curve` of its runs' val mIoU."""
+        return mean_curve([r.curve for r in self.runs])
+
+    def values(self, key: str) -> dict[Path, float]:
+        """``key`` (a logged fraction) of each run that has it, in %, by job dir."""
+        return {r.path: 100.0 * r.metrics[key] for r in self.runs
+                if key in r.metrics and not math.isnan(r.metrics[key])}
+
+
+def mean_curve(curves: Sequence[Sequence[tuple[float, float]]]) -> list[tuple[float, float, float, float]]:
+    """``(step, mean, min, max)`` over the curves at the steps every (non-empty) curve logged;
+    at every step any of them logged when they share none."""
+    curves = [dict(c) for c in curves if c]
+    if not curves:
+        return []
+    steps = set.intersection(*(set(c) for c in curves)) or set.union(*(set(c) for c in curves))
+    points = []
+    for step in sorted(steps):
+        values = [c[step] for c in curves if step in c]
+        points.append((step, statistics.fmean(values), min(values), max(values)))
+    return points
+
+
+def tail_gain(curve: Sequence[tuple[float, ...]], tail: float = CONVERGED_TAIL) -> float | None:
+    """What the curve (``(step, value, ...)``, sorted) gained over the last ``tail`` of its
+    steps: its last value minus its value at ``(1 - tail) ×`` the last step (linearly
+    interpolated; its first value when it starts later). ``None`` below two points."""
+    if len(curve) < 2:
+        return None
+    end = curve[-1][0]
+    start = (1.0 - tail) * end
+    before = curve[0][1]
+    for (s0, v0, *_), (s1, v1, *_) in zip(curve, curve[1:]):
+        if s0 <= start <= s1:
+            before = v0 + (v1 - v0) * (start - s0) / (s1 - s0) if s1 > s0 else v1
+            break
+    return curve[-1][1] - before
+
+
+def converged(curve: Sequence[tuple[float, ...]]) -> str:
+    """The ``converged`` cell: ``yes (+0.2)`` when :func:`tail_gain` is below
+    :data:`CONVERGED_GAIN` mIoU points, ``no: still climbing (+3.1)`` otherwise, ``–`` with no curve."""
+    gain = tail_gain(curve)
+    if gain is None:
+        return "–"
+    return f"yes ({gain:+.1f})" if gain < CONVERGED_GAIN else f"no: still climbing ({gain:+.1f})"
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float | None, float | None]:
+    """``mean(a) - mean(b)`` and its Welch confidence interval (t with the Welch–Satterthwaite
+    degrees of freedom); no interval (``None``) when either side has fewer than two values."""
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return diff, None, None
+    from scipy import stats
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    return diff, diff - half, diff + half
+
+
+def paired_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float | None, float | None]:
+    """The mean of paired differences and its t interval (n - 1 degrees of freedom); no
+    interval below two pairs."""
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return mean, None, None
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.5 + level / 2, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
+
+
+def _fmt_delta(diff: float, low: float | None, high: float | None) -> str:
+    return f"{diff:+.2f} [n<2]" if low is None else f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def find_baseline(rows: Sequence[Row], name: str) -> Row:
+    """The row whose setting is ``name``, or the one setting that contains it; a
+    :class:`ReportError` naming the settings otherwise."""
+    exact = [r for r in rows if r.setting == name]
+    if exact:
+        return exact[0]
+    matches = [r for r in rows if name in r.setting]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ReportError(f"--baseline {name!r}: matches {len(matches)} settings "
+                          f"({'; '.join(r.setting for r in matches)}); give one of them whole")
+    raise ReportError(f"--baseline {name!r}: no setting matches; the settings: "
+                      f"{'; '.join(r.setting for r in rows)}")
+
+
+def _seeded(row: Row, key: str) -> dict[str, float] | None:
+    """``key`` (in %) by seed, ``None`` when a run has no seed or two share one."""
+    values: dict[str, float] = {}
+    for run in row.runs:
+        seed = run.value("seed")
+        if seed is None or seed in values or key not in run.metrics:
+            return None
+        values[seed] = 100.0 * run.metrics[key]
+    return values
+
+
+def deltas(rows: Sequence[Row], baseline: Row, split: str, paired: bool = False) -> tuple[dict[int, str], list[str]]:
+    """The ``Δ mIoU vs <baseline>`` cell of each row (by ``id``) and the sentences saying how
+    the intervals were computed (Welch; with ``paired``, the paired t interval where the seeds
+    of a row are the baseline's)."""
+    key = f"{split}/mIoU"
+    base = list(baseline.values(key).values())
+    base_seeds = _seeded(baseline, key)
+    cells: dict[int, str] = {}
+    paired_rows, welch_rows = [], []
+    for row in rows:
+        if row is baseline:
+            cells[id(row)] = "baseline"
+            continue
+        seeds = _seeded(row, key) if paired else None
+        if seeds is not None and base_seeds is not None and set(seeds) == set(base_seeds):
+            cells[id(row)] = _fmt_delta(*paired_interval([seeds[s] - base_seeds[s] for s in sorted(seeds)]))
+            paired_rows.append(row.setting)
+        else:
+            cells[id(row)] = _fmt_delta(*welch_interval(list(row.values(key).values()), base))
+            welch_rows.append(row.setting)
+    name = f"`{baseline.setting}`"
+    notes = [f"Δ mIoU vs {name}: the mean {split} mIoU of the row minus the baseline's, in mIoU "
+             "points, with its 95 % confidence interval; `[n<2]`: fewer than two runs on a side, "
+             "no interval."]
+    welch = ("Welch's interval (unequal variances; t quantile with the Welch–Satterthwaite "
+             "degrees of freedom) of the difference of the means over seeds")
+    if not paired:
+        notes.append(f"Interval: {welch}.")
+    else:
+        if paired_rows:
+            notes.append("Interval (--paired): the paired t interval of the per-seed differences "
+                         "(n − 1 degrees of freedom) for the rows whose seeds are the baseline's: "
+                         + ", ".join(f"`{s}`" for s in paired_rows) + ".")
+        if welch_rows:
+            notes.append(f"Seeds that do not match the baseline's, so {welch} instead: "
+                         + ", ".join(f"`{s}`" for s in welch_rows) + ".")
+    return cells, notes
+
 
 def _mean_std(values: list[float]) -> tuple[float, float, int]:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -242,6 +424,11 @@ def aggregate(runs: Sequence[Run], split: str, class_names: Sequence[str] = ()) 
                 stats[key] = _mean_std(values)
         for key in runs[0].study.get("extra_metrics") or []:
             values = [r.metrics[key] for r in members if key in r.metrics]
+            if values:
+                stats[key] = _mean_std(values)
+        for key in CONTEXT_KEYS:
+            values = [100.0 * r.metrics[f"{split}/{key}"] for r in members
+                      if not math.isnan(r.metrics.get(f"{split}/{key}", math.nan))]
             if values:
                 stats[key] = _mean_std(values)
         minutes = [r.minutes for r in members if r.minutes is not None]
@@ -311,9 +498,12 @@ def launch_command(runs: Sequence[Run]) -> str:
 
 
 def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: Sequence[Path],
-             class_names: Sequence[str], evaluation: str | None = None) -> str:
-    """``report.md``: the command that ran, the settings table, the per-class IoU table,
-    unfinished runs. Paths are relative to the first sweep dir."""
+             class_names: Sequence[str], evaluation: str | None = None, baseline: Row | None = None,
+             paired: bool = False, curves: str | None = None) -> str:
+    """``report.md``: the command that ran, the settings table (with the convergence flag from
+    the learning curves and, with ``baseline``, the difference to it with its interval), the
+    learning curves (``curves``: the PNG's name), the per-class IoU table, the pathfinder
+    context table, unfinished runs. Paths are relative to the first sweep dir."""
     study = runs[0].study if runs else {}
     base = sweep_dirs[0]
     title = study.get("name") or "sweep"
@@ -340,6 +530,10 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
     timed = any("minutes" in r.stats for r in rows)
     header = ["setting", "n", *METRICS] + (["published mIoU"] if has_published else []) + extra
     header += ["wall time, min"] if timed else []
+    curved = any(row.curve for row in rows)
+    header += ["converged"] if curved else []
+    delta_cells, delta_notes = deltas(rows, baseline, split, paired) if baseline is not None else ({}, [])
+    header += [f"Δ mIoU vs `{baseline.setting}`"] if baseline is not None else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [f"`{row.setting}`", str(len(row.runs)), *(_fmt(row.stats.get(m)) for m in METRICS)]
@@ -347,11 +541,14 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
             cells.append("–" if row.published is None else f"{row.published:.2f}")
         cells += [_fmt_raw(row.stats.get(m)) for m in extra]
         cells += [_fmt(row.stats.get("minutes"))] if timed else []
+        cells += [converged(row.curve)] if curved else []
+        cells += [delta_cells[id(row)]] if baseline is not None else []
         lines.append("| " + " | ".join(cells) + " |")
     published_extra = study.get("published_extra") or {}
     if published_extra:
         cells = ["published", "", *([""] * len(METRICS))] + ([""] if has_published else [])
         cells += [str(published_extra.get(m, "–")) for m in extra] + ([""] if timed else [])
+        cells += ([""] if curved else []) + ([""] if baseline is not None else [])
         lines.append("| " + " | ".join(cells) + " |")
     if timed:
         lines += ["", "Wall time: the time each run ran (training, validation, test, files), summed over "
@@ -359,12 +556,37 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
                   "to its end, not the pause between — as it ran, i.e. beside the other jobs of a "
                   "parallel launcher; mean over the runs with a known time (unknown when an attempt "
                   "left no end: a process killed outright)."]
+    if curved:
+        lines += ["", f"Converged: `yes` when the mean over seeds of val mIoU gained less than "
+                  f"{CONVERGED_GAIN:g} mIoU points over the last {100 * CONVERGED_TAIL:g} % of the "
+                  "training steps (from the CSV log, `<job>/csv/metrics.csv`; gain in brackets), "
+                  "`no: still climbing` otherwise, `–` without a logged curve."]
+    else:
+        lines += ["", f"No learning curves: no job logged `{CURVE_KEY}` in `<job>/{CSV_LOG.as_posix()}`."]
+    if delta_notes:
+        lines += ["", *delta_notes]
+    if curved and curves:
+        lines += ["", "## Learning curves", "",
+                  f"![val mIoU against optimizer step]({curves})", "",
+                  f"`{curves}`: val mIoU against the optimizer step, per setting: the mean over seeds "
+                  "(line) and the range from the lowest to the highest seed (band)."]
     present = [c for c in class_names if any(f"IoU/{c}" in r.stats for r in rows)]
     if present:
         lines += ["", f"## Per-class IoU ({split})", "",
                   "| setting | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
         for row in rows:
             lines.append(f"| `{row.setting}` | " + " | ".join(_fmt(row.stats.get(f'IoU/{c}')) for c in present) + " |")
+    context = [k for k in CONTEXT_KEYS if any(k in r.stats for r in rows)]
+    if context:
+        names = [k.partition("/")[2] or "all" for k in context]
+        lines += ["", "## Colour accuracy of path pixels called path (context)", "",
+                  f"`{split}/color_acc…` (`diffusion_seg.metrics.ContextMetrics`): the right colour among the labelled "
+                  "path pixels a run calls path, all of them, by distance from the cue in cells, and on "
+                  "the misleading ones (nearest cue of another colour; far: ≥ 4 cells from the cue), "
+                  "in %, mean ± standard deviation over seeds.", "",
+                  "| setting | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for row in rows:
+            lines.append(f"| `{row.setting}` | " + " | ".join(_fmt(row.stats.get(k)) for k in context) + " |")
     unfinished = [r for r in runs if r.status != "finished"]
     lines += ["", f"## Runs: {len(runs) - len(unfinished)} finished, {len(unfinished)} not", ""]
     lines += [f"- {r.status}: `{relative(r.path, base)}` ({' '.join(r.overrides) or 'defaults'})" for r in unfinished]
@@ -441,3 +663,39 @@ def report_figure(rows: Sequence[Row], knob: str | None, split: str, metric: str
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def curves_figure(rows: Sequence[Row], title: str = "") -> Figure | None:
+    """val mIoU against the optimizer step, one line per setting (mean over its seeds) with a
+    band from the lowest to the highest seed; ``None`` when no run logged a curve."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curves = [(row.setting, row.curve) for row in rows if row.curve]
+    if not curves:
+        return None
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for setting, curve in curves:
+        steps = [p[0] for p in curve]
+        (line,) = ax.plot(steps, [p[1] for p in curve], marker="." if len(curve) < 30 else None,
+                          label=setting)
+        ax.fill_between(steps, [p[2] for p in curve], [p[3] for p in curve], color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("val mIoU (%)")
+    ax.set_title(f"{title + ': ' if title else ''}val mIoU, mean over seeds (band: min–max)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(path: Path, rows: Sequence[Row], title: str = "") -> bool:
+    """``curves.png``: :func:`curves_figure` saved to ``path``; ``False`` (no file) without curves."""
+    fig = curves_figure(rows, title)
+    if fig is None:
+        return False
+    fig.savefig(path)
+    return True

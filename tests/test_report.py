@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import statistics
 from pathlib import Path
 
@@ -265,3 +266,206 @@ def test_every_command_has_a_console_script():
     for command in commands:
         assert scripts.get(f"diffusion-seg-{command}") == f"diffusion_seg.cli.{command}:main", command
     assert scripts["diffusion-seg-bench"] == "diffusion_seg.bench.__main__:main"
+
+
+def write_curve(job: Path, points: list[tuple[int, float]]) -> None:
+    """The job's Lightning CSV log (csv/metrics.csv): a train row and a val row per step."""
+    (job / "csv").mkdir(parents=True, exist_ok=True)
+    with open(job / "csv" / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "step", "train/loss", "val/mIoU", "val/mAcc"])
+        for epoch, (step, miou) in enumerate(points):
+            writer.writerow([epoch, step, 0.5, "", ""])
+            writer.writerow([epoch, step, "", miou, miou + 0.1])
+
+
+def table_row(report: str, setting: str) -> list[str]:
+    line = next(line for line in report.splitlines() if line.startswith(f"| `{setting}` |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def table_header(report: str) -> list[str]:
+    line = next(line for line in report.splitlines() if line.startswith("| setting | n |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_learning_curves_and_the_convergence_flag(tmp_path, capsys):
+    """A flat curve gains +0.2 over its last 20 % of steps (800 → 1000): converged; a climbing
+    one +8.0: not; a setting without a CSV log: –. curves.png: the mean over seeds as a line,
+    min–max as a band, referenced from report.md."""
+    from diffusion_seg.studies import aggregate, curves_figure, gather
+
+    sweep = tmp_path / "sweep"
+    steps = range(100, 1001, 100)
+    for num, (model, seed) in enumerate([("fcn", 1), ("fcn", 2), ("pdn", 1), ("pdn", 2)]):
+        job = make_job(sweep, num, ["study=toy", f"model={model}", f"seed={seed}"], metrics(0.5), STUDY)
+        offset = 0.02 * (seed - 1)
+        if model == "fcn":  # +0.1 points per 100 steps
+            write_curve(job, [(s, 0.40 + offset + 0.001 * s / 100) for s in steps])
+        else:  # +4 points per 100 steps
+            write_curve(job, [(s, 0.20 + offset + 0.04 * s / 100) for s in steps])
+    make_job(sweep, 4, ["study=toy", "model=unet", "seed=1"], metrics(0.5), STUDY)
+    assert run(capsys, sweep)[0] == 0
+    report = (sweep / "report.md").read_text()
+    header = table_header(report)
+    column = header.index("converged")
+    assert table_row(report, "model=fcn")[column] == "yes (+0.2)"
+    assert table_row(report, "model=pdn")[column] == "no: still climbing (+8.0)"
+    assert table_row(report, "model=unet")[column] == "–"
+    assert "gained less than 0.5 mIoU points over the last 20 % of the training steps" in report
+    assert "![val mIoU against optimizer step](curves.png)" in report
+    assert (sweep / "curves.png").stat().st_size > 5000
+    rows = aggregate(gather([sweep]), "test")
+    ax = curves_figure(rows, "toy").axes[0]
+    assert [line.get_label() for line in ax.lines] == ["model=fcn", "model=pdn"]
+    assert list(ax.lines[1].get_xdata()) == list(steps)
+    assert list(ax.lines[1].get_ydata()) == pytest.approx([100 * (0.21 + 0.04 * s / 100) for s in steps])
+    band = ax.collections[1].get_paths()[0].vertices[:, 1]  # the band spans the two seeds
+    assert band.min() == pytest.approx(100 * (0.20 + 0.04)) and band.max() == pytest.approx(100 * (0.22 + 0.4))
+    assert ax.get_xlabel() == "optimizer step" and ax.get_ylabel() == "val mIoU (%)"
+
+
+def test_the_tail_gain_interpolates_at_80_percent_of_the_last_step():
+    from diffusion_seg.studies import converged, tail_gain
+
+    # last step 900: from step 720, between 450 (20) and 900 (30): 20 + 10 * 270 / 450 = 26
+    assert tail_gain([(0, 10.0), (450, 20.0), (900, 30.0)]) == pytest.approx(4.0)
+    assert tail_gain([(500, 40.0), (1000, 40.3)]) == pytest.approx(0.3 * 200 / 500)
+    assert tail_gain([(900, 40.0), (1000, 40.3)]) == pytest.approx(0.3)  # starts after step 800
+    assert converged([(1000, 40.0)]) == "–" and converged([]) == "–"
+    assert converged([(0, 10.0), (1000, 10.49)]) == "yes (+0.1)"  # +0.098 from step 800
+    assert converged([(0, 10.0), (800, 10.0), (1000, 10.49)]) == "yes (+0.5)"  # 0.49 < 0.5
+    assert converged([(0, 0.0), (800, 50.0), (1000, 50.5)]) == "no: still climbing (+0.5)"  # not below
+
+
+def delta_sweep(tmp_path: Path, pdn_seeds=(1, 2, 3)) -> tuple[Path, dict[str, dict[int, float]]]:
+    sweep = tmp_path / "sweep"
+    values = {"model=fcn": {1: 0.40, 2: 0.41, 3: 0.45},
+              "model=pdn": dict(zip(pdn_seeds, (0.50, 0.52, 0.55))),
+              "model=unet": {1: 0.47}}
+    num = 0
+    for setting, seeds in values.items():
+        for seed, miou in seeds.items():
+            make_job(sweep, num, ["study=toy", setting, f"seed={seed}"], metrics(miou), STUDY)
+            num += 1
+    return sweep, {k: {s: 100 * v for s, v in seeds.items()} for k, seeds in values.items()}
+
+
+def test_baseline_difference_with_a_welch_interval(tmp_path, capsys):
+    from scipy import stats
+
+    sweep, values = delta_sweep(tmp_path)
+    assert run(capsys, sweep, "--baseline", "fcn")[0] == 0  # a unique part of a setting
+    report = (sweep / "report.md").read_text()
+    header = table_header(report)
+    assert header[-1] == "Δ mIoU vs `model=fcn`"
+    a, b = list(values["model=pdn"].values()), list(values["model=fcn"].values())
+    # Welch by hand: standard error and Welch–Satterthwaite degrees of freedom
+    va, vb = statistics.variance(a) / 3, statistics.variance(b) / 3
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    half = stats.t.ppf(0.975, df) * (va + vb) ** 0.5
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (diff - half, diff + half) == pytest.approx((ci.low, ci.high))
+    assert table_row(report, "model=pdn")[-1] == f"{diff:+.2f} [{diff - half:+.2f}, {diff + half:+.2f}]"
+    assert table_row(report, "model=fcn")[-1] == "baseline"
+    unet = 47.0 - statistics.fmean(b)
+    assert table_row(report, "model=unet")[-1] == f"{unet:+.2f} [n<2]"
+    assert "Welch's interval" in report and "Welch–Satterthwaite" in report
+
+
+def test_paired_baseline_interval_over_matching_seeds_and_welch_where_they_differ(tmp_path, capsys):
+    from scipy import stats
+
+    sweep, values = delta_sweep(tmp_path)
+    assert run(capsys, sweep, "--baseline", "model=fcn", "--paired")[0] == 0
+    report = (sweep / "report.md").read_text()
+    pdn, fcn = values["model=pdn"], values["model=fcn"]
+    d = [pdn[s] - fcn[s] for s in (1, 2, 3)]
+    ci = stats.ttest_rel([pdn[s] for s in (1, 2, 3)], [fcn[s] for s in (1, 2, 3)]).confidence_interval(0.95)
+    assert table_row(report, "model=pdn")[-1] == f"{statistics.fmean(d):+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]"
+    assert "paired t interval of the per-seed differences" in report and "`model=pdn`." in report
+    assert "Seeds that do not match the baseline's, so Welch's interval" in report  # unet: seed 1 only
+
+    other = tmp_path / "other"
+    other.mkdir()
+    sweep, values = delta_sweep(other, pdn_seeds=(4, 5, 6))  # no seed in common: Welch
+    assert run(capsys, sweep, "--baseline", "model=fcn", "--paired")[0] == 0
+    report = (sweep / "report.md").read_text()
+    ci = stats.ttest_ind(list(values["model=pdn"].values()), list(values["model=fcn"].values()),
+                         equal_var=False).confidence_interval(0.95)
+    assert table_row(report, "model=pdn")[-1].endswith(f"[{ci.low:+.2f}, {ci.high:+.2f}]")
+    assert "paired t interval" not in report
+    assert "do not match the baseline's, so Welch's interval" in report and "`model=pdn`" in report
+
+
+def test_an_unknown_or_ambiguous_baseline_is_one_line_naming_the_settings(tmp_path, capsys):
+    sweep, _ = delta_sweep(tmp_path)
+    code, _, err = run(capsys, sweep, "--baseline", "deeplab")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: --baseline 'deeplab': no setting matches; the settings: "
+                          "model=fcn; model=pdn; model=unet")
+    code, _, err = run(capsys, sweep, "--baseline", "model=")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: --baseline 'model=': matches 3 settings")
+    code, _, err = run(capsys, sweep, "--paired")
+    assert code == 2 and "--paired needs --baseline" in err
+    assert not (sweep / "report.md").exists()
+
+
+def test_pathfinder_context_table(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    context = {"fcn": [(0.90, 0.60), (0.80, 0.40)], "pdn": [(0.99, 0.95), (0.97, float("nan"))]}
+    num = 0
+    for model, seeds in context.items():
+        for seed, (acc, far) in enumerate(seeds, 1):
+            logged = {**metrics(0.5), "test/color_acc": acc, "test/color_acc/d6+": far,
+                      "test/color_n/d6+": 10.0}
+            make_job(sweep, num, ["study=toy", f"model={model}", f"seed={seed}"], logged, STUDY)
+            num += 1
+    make_job(sweep, num, ["study=toy", "model=unet", "seed=1"], metrics(0.5), STUDY)  # none logged
+    assert run(capsys, sweep)[0] == 0
+    report = (sweep / "report.md").read_text()
+    assert "## Colour accuracy of path pixels called path (context)" in report
+    table = report.split("(context)")[1]
+    assert "| setting | all | d6+ |\n" in table  # only the keys some run logged
+    assert f"| `model=fcn` | 85.00 ± {statistics.stdev([90.0, 80.0]):.2f} | 50.00 ± {statistics.stdev([60.0, 40.0]):.2f} |" in table
+    assert f"| `model=pdn` | 98.00 ± {statistics.stdev([99.0, 97.0]):.2f} | 95.00 |" in table  # NaN left out
+    assert "| `model=unet` | – | – |" in table
+
+
+def test_no_context_table_without_context_metrics(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["model=fcn"], metrics(0.4))
+    assert run(capsys, sweep)[0] == 0
+    report = (sweep / "report.md").read_text()
+    assert "(context)" not in report and "converged" not in report and "No learning curves" in report
+    assert not (sweep / "curves.png").exists()
+
+
+def test_oracle_sweep_jobs_carry_the_records_the_report_reads(tmp_path, capsys, monkeypatch):
+    """bench oracle --sweep reads each run's own config.yaml (no .hydra/) and writes job.yaml and
+    config.yaml beside its finished.yaml, so the report shows it as a row from its records."""
+    from diffusion_seg.bench import oracle
+
+    sweep = tmp_path / "sweep"
+    seen = []
+    for num, distance in enumerate((2, 8)):
+        job = make_job(sweep, num, ["study=toy", "model=pdn", f"dataset.max_distance={distance}", "seed=1"],
+                       {**metrics(0.5), "test/color_acc": 0.5}, STUDY)
+        shutil.rmtree(job / ".hydra")
+        (job / "config.yaml").write_text(yaml.safe_dump({"study": STUDY, "dataset": {"max_distance": distance}}))
+    monkeypatch.setattr(oracle, "pathfinder_split", lambda node, split: seen.append(node) or node)
+    monkeypatch.setattr(oracle, "evaluate", lambda node: {**metrics(0.9), "test/color_acc": 1.0})
+    jobs = oracle.add_to_sweep(sweep)
+    assert [j.name for j in jobs] == ["oracle_0", "oracle_1"] and seen == [{"max_distance": 2}, {"max_distance": 8}]
+    for job in jobs:
+        assert not (job / ".hydra").exists()
+        record = yaml.safe_load((job / "job.yaml").read_text())
+        assert oracle.ROW in record["overrides"] and record["attempts"][0]["action"] == "start"
+        assert yaml.safe_load((job / "config.yaml").read_text())["study"] == STUDY
+    assert run(capsys, sweep)[0] == 0
+    report = (sweep / "report.md").read_text()
+    row = table_row(report, f"dataset.max_distance=8 {oracle.ROW}")
+    assert row[1:3] == ["1", "90.00"]
+    assert ".hydra" not in report  # every job, the oracle's too, has its own records
+    assert f"| `dataset.max_distance=8 {oracle.ROW}` | 100.00 |" in report

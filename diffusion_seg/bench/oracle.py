@@ -18,8 +18,10 @@ With dataset overrides (``dataset.<key>=<value>``, as for ``train``) it evaluate
 dataset and prints the tables; ``--out DIR`` also writes ``DIR/metrics.yaml`` (the keys a
 run logs, ``test/mIoU``, ``test/color_acc/d4-6``, ...). With ``--sweep`` it adds an
 ``oracle_<n>/`` job to a study's sweep dir for every dataset setting of its runs (the
-dataset node of their ``.hydra/config.yaml``): overrides ``experiment=pathfinder_oracle``
-plus the setting's ``dataset.*`` overrides, and a completion marker with the metrics, so
+dataset node of the config each recorded, ``config.yaml``, else ``.hydra/config.yaml``):
+overrides ``experiment=pathfinder_oracle`` plus the setting's ``dataset.*`` overrides, written
+as a training job records itself (``job.yaml``, ``config.yaml``) with a completion marker
+holding the metrics, so
 ``python -m diffusion_seg.report <sweep>`` shows the oracle as one more row (n = 1: it has no
 seed).
 """
@@ -27,6 +29,7 @@ seed).
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,8 @@ from diffusion_seg.config import compose_config
 from diffusion_seg.data.pathfinder import CELL, PathfinderDataset, flood_oracle
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.lightning.datamodule import dataset_factory_from_config
-from diffusion_seg.lightning.sweeps import write_finished
+from diffusion_seg.lightning.sweeps import job_overrides, write_finished, write_yaml_atomic
+from diffusion_seg.studies import CONFIG_FILE, JOB_FILE, job_record
 from diffusion_seg.metrics import ContextMetrics, SegmentationMetrics, format_context, format_table
 from diffusion_seg.models.inference import resize_logits
 
@@ -92,30 +96,37 @@ def pathfinder_split(dataset_node: dict[str, Any], split: str) -> PathfinderData
 def add_to_sweep(sweep: Path) -> list[Path]:
     """One ``oracle_<n>`` job per dataset setting of the sweep's runs (module docstring)."""
     settings: dict[str, tuple[list[str], dict[str, Any], dict[str, Any]]] = {}
-    for job in sorted(p for p in sweep.iterdir() if (p / ".hydra" / "config.yaml").is_file()):
+    jobs = (p for p in sweep.iterdir()
+            if (p / JOB_FILE).is_file() or (p / ".hydra" / "config.yaml").is_file())
+    for job in sorted(jobs):
         if job.name.startswith("oracle_"):
             continue
-        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        overrides, config, _ = job_record(job)
         dataset = config.get("dataset") or {}
         key = yaml.safe_dump(dataset, sort_keys=True)
         own = [o for o in overrides if o.lstrip("+~").startswith(("dataset.", "study="))]
         settings.setdefault(key, (own, dataset, config.get("study") or {}))
     if not settings:
-        raise ConfigError(f"{sweep} holds no runs (<job>/.hydra/config.yaml); give a sweep dir")
-    jobs = []
+        raise ConfigError(f"{sweep} holds no runs (<job>/{JOB_FILE} or <job>/.hydra/config.yaml); "
+                          "give a sweep dir")
+    written = []
     for n, (overrides, dataset, study) in enumerate(settings.values()):
         job = sweep / f"oracle_{n}"
-        (job / ".hydra").mkdir(parents=True, exist_ok=True)
+        job.mkdir(parents=True, exist_ok=True)
         overrides = [ROW, *overrides]
-        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-        (job / ".hydra" / "config.yaml").write_text(
-            yaml.safe_dump({"study": study, "dataset": dataset}, sort_keys=False)
-        )
+        # The records a training job writes (diffusion_seg.lightning.sweeps.record_attempt): the
+        # report reads these, not .hydra/.
+        write_yaml_atomic(job / CONFIG_FILE, {"study": study, "dataset": dataset})
+        start = time.time()
+        attempt = {"time": start, "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)),
+                   "action": "start"}
+        write_yaml_atomic(job / JOB_FILE, {"overrides": job_overrides(overrides), "attempts": [attempt]})
         print(f"\n{job}: {' '.join(overrides)}")
         write_finished(job, overrides, evaluate(pathfinder_split(dataset, "test")))
-        jobs.append(job)
-    return jobs
+        write_yaml_atomic(job / JOB_FILE, {"overrides": job_overrides(overrides),
+                                           "attempts": [{**attempt, "end": time.time()}]})
+        written.append(job)
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,8 +6,14 @@ Writes into the (first) sweep dir, or ``--out``:
   (the overrides without ``seed``), mIoU / mAcc / aAcc as mean ± std over seeds with n, the
   published number beside ours for a paper-table study, the time the runs ran, per-class IoU
   in a second table, and the runs that did not finish;
+  whether each setting's learning curve has converged (``converged``), with ``--baseline``
+  the difference of each setting's mIoU to the baseline's with a 95 % confidence interval
+  (Welch; ``--paired``: paired t over matching seeds), and for pathfinder runs the colour
+  accuracy of the path pixels called path (``color_acc``, by distance from the cue);
 * ``report.png``: the metric of the split against the study's knob, one line per setting,
   error bars over seeds (a bar chart when there is no numeric knob);
+* ``curves.png``: val mIoU against the optimizer step per setting (mean over seeds, min–max
+  band), from each job's CSV log (when any job has one);
 * ``runs.csv``: every run and every metric it logged.
 
 Paths in these files are relative to the first sweep dir. Offline: reads what each job
@@ -27,10 +33,12 @@ from diffusion_seg.cli.errors import ArgumentParser, user_errors
 from diffusion_seg.studies import (
     ReportError,
     aggregate,
+    find_baseline,
     gather,
     markdown,
     pick_split,
     plot,
+    plot_curves,
     write_csv,
 )
 
@@ -63,10 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="metrics of a later evaluation of every run instead of its own: "
                              "<job>/NAME/metrics.yaml, written by python -m diffusion_seg.eval "
                              "... hydra.run.dir=<job>/NAME")
+    parser.add_argument("--baseline", default=None, metavar="SETTING",
+                        help="add the difference of each setting's mIoU to this one's (a setting as "
+                             "the table names it, or a part of one only it has), with a 95 %% Welch "
+                             "confidence interval")
+    parser.add_argument("--paired", action="store_true",
+                        help="with --baseline: the paired t interval over the seeds a setting shares "
+                             "with the baseline (Welch where the seeds differ)")
     parser.add_argument("--wandb", action="store_true", help="also log the table to the sweep's W&B group")
     parser.add_argument("--project", default="diffusion-seg", help="W&B project (with --wandb)")
     args = parser.parse_args(argv)
     with user_errors():
+        if args.paired and args.baseline is None:
+            raise ReportError("--paired needs --baseline SETTING")
         runs = gather(args.sweeps, args.eval)
         split = pick_split(runs, args.split)
         finished = [r for r in runs if r.status == "finished"]
@@ -75,10 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prefix = f"{split}/IoU/"
         class_names = [k[len(prefix):] for k in finished[0].metrics if k.startswith(prefix)]
         rows = aggregate(runs, split, class_names)
+        baseline = find_baseline(rows, args.baseline) if args.baseline is not None else None
         out = args.out or args.sweeps[0]
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(markdown(rows, runs, split, args.sweeps, class_names, args.eval))
         title = (runs[0].study.get("name") or "sweep") + (f", evaluation {args.eval}" if args.eval else "")
+        curves = plot_curves(out / "curves.png", rows, title=runs[0].study.get("name") or "sweep")
+        (out / "report.md").write_text(markdown(rows, runs, split, args.sweeps, class_names, args.eval,
+                                                baseline, args.paired, "curves.png" if curves else None))
         plot(out / "report.png", rows, runs[0].study.get("knob"), split, title=title)
         write_csv(out / "runs.csv", runs, args.sweeps[0])
         if args.wandb:
