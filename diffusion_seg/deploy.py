@@ -8,6 +8,7 @@ preprocessing inside, so a deployment feeds raw pixels::
             either; an exported file takes the one it was written for (``input_dtype``)
     pad     bottom-right to a multiple of the output stride with 0 (eval's padding)
     norm    (x − 255·mean) / (255·std)
+            (both :class:`~diffusion_seg.data.preprocess.Preprocessor`'s, as in eval)
     net     logits at feature resolution
     output  N×K×H×W float32 logits, bilinearly upsampled to the padded size, cropped to H×W
             (argmax over K = the class map)
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffusion_seg.data.preprocess import Preprocessor
 from diffusion_seg.errors import UserError
 from diffusion_seg.models.segmentor import Segmentor
 
@@ -65,21 +67,13 @@ class DeployableSegmentor(nn.Module):
     def __init__(self, net: Segmentor, mean: Sequence[float], std: Sequence[float], size_divisor: int) -> None:
         super().__init__()
         self.net = net.eval()
-        self.size_divisor = int(size_divisor)
-        self.register_buffer("mean", torch.tensor([255.0 * m for m in mean]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([255.0 * s for s in std]).view(1, 3, 1, 1))
+        self.preprocessor = Preprocessor(mean, std, size_divisor)
 
     def forward(self, image: Tensor) -> Tensor:
-        x = image.float()
-        height, width = x.shape[-2], x.shape[-1]
-        d = self.size_divisor
-        pad_h = (d - height % d) % d
-        pad_w = (d - width % d) % d
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-        x = (x - self.mean) / self.std
+        x = self.preprocessor(image)
         logits = self.net(x).logits.float()
-        logits = F.interpolate(logits, size=(height + pad_h, width + pad_w), mode="bilinear", align_corners=False)
-        return logits[:, :, :height, :width]
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return Preprocessor.unpad(logits, image.shape[-2:])
 
 
 def head_name(module: DeployableSegmentor) -> str:

@@ -1,33 +1,31 @@
 """Validation pictures in the loggers: W&B images with masks, a TensorBoard grid, PNGs for
-CSV-only runs; the padding of evaluation batches is cut off again."""
+CSV-only runs; the padding of evaluation batches is cut off where the pipeline recorded it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from diffusion_seg.lightning.pictures import denormalise, valid_size
+from diffusion_seg.data.transforms import build_eval_transform
+from diffusion_seg.data.preprocess import Preprocessor
+from diffusion_seg.lightning.pictures import image_sizes
 
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
 
 
-def test_valid_size_finds_the_image_inside_the_padding():
-    rgb = torch.rand(3, 45, 61) * 0.8 + 0.1
-    image = (rgb - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
-    padded = torch.nn.functional.pad(image, (0, 3, 0, 3))  # pads with 0 = the normalised mean
-    padded[:, 45:, :] = torch.tensor(-MEAN / STD)[:, None, None]  # what 0 pixels normalise to
-    padded[:, :, 61:] = torch.tensor(-MEAN / STD)[:, None, None]
-    mask = torch.full((48, 64), 255, dtype=torch.long)
-    mask[:45, :61] = 1
-    assert valid_size(padded, mask, MEAN, STD) == (45, 61)
-    # a black image row that is labelled is not padding
-    mask[45:, :61] = 0
-    assert valid_size(padded, mask, MEAN, STD) == (48, 61)
-    back = denormalise(image, MEAN, STD)
-    assert back.shape == (45, 61, 3) and np.abs(back / 255.0 - rgb.permute(1, 2, 0).numpy()).max() < 1 / 255
+def test_pictures_cut_the_padding_the_pipeline_recorded():
+    """The evaluation pipeline says where each image's padding starts; the pictures cut it
+    there and turn the network input back into the image's own pixels."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    rgb[-2:] = 0  # black rows at the bottom are image, not padding
+    out = build_eval_transform(MEAN, STD, size_divisor=8)(image=rgb, mask=np.zeros((45, 61), np.uint8))
+    batch = {"image": out["image"][None], "image_size": out["image_size"][None]}
+    assert batch["image"].shape[-2:] == (48, 64) and image_sizes(batch) == [(45, 61)]
+    assert image_sizes({"image": batch["image"]}) == [(48, 64)]  # not padded: all of it
+    np.testing.assert_array_equal(Preprocessor(MEAN, STD, 8).to_rgb(batch["image"][0])[:45, :61], rgb)
 
 
 @pytest.mark.slow

@@ -305,13 +305,16 @@ def apply_transform(
         out = transform(image=image, mask=mask, **({"masks": list(maps.values())} if maps else {}))
         image_t, mask_t = out["image"], out["mask"]
         maps_t = dict(zip(maps, out.get("masks", [])))
+        # the evaluation pipelines say where their padding starts (pictures, prediction files)
+        extra = {"image_size": out["image_size"]} if "image_size" in out else {}
     else:
         # PIL-backed arrays are read-only; torch wants writable memory.
         image_t = torch.from_numpy(np.require(image, requirements="CW")).permute(2, 0, 1)
         image_t = image_t.float() / 255
         mask_t = torch.from_numpy(np.require(mask, requirements="CW"))
         maps_t = {k: torch.from_numpy(np.require(v, requirements="CW")) for k, v in maps.items()}
-    sample = {"image": image_t, "mask": torch.as_tensor(mask_t).long(), "name": name}
+        extra = {}
+    sample = {"image": image_t, "mask": torch.as_tensor(mask_t).long(), "name": name, **extra}
     return sample | {k: torch.as_tensor(v) for k, v in maps_t.items()}
 
 

@@ -40,7 +40,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
-from diffusion_seg.data.transforms import build_eval_transform, build_train_transform
+from diffusion_seg.data.preprocess import Preprocessor
+from diffusion_seg.data.transforms import build_train_transform
 from diffusion_seg.errors import ConfigError
 
 DatasetFactory = Callable[..., Dataset]
@@ -190,7 +191,10 @@ class SegmentationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.dataset = dataset_factory(dataset_class, **dataset_options)
-        self.eval_transform = build_eval_transform(mean, std, size_divisor, eval_resize)
+        # The network's input: normalisation and evaluation padding, shared with every tool
+        # that feeds the trained network or undoes its input (pictures, the dense CRF).
+        self.preprocessor = Preprocessor(mean, std, size_divisor, eval_resize)
+        self.eval_transform = self.preprocessor.eval_transform()
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self._sets: dict[str, Dataset] = {}
         # The evaluation split is opened now: it fixes the class list the model needs, and a
@@ -200,7 +204,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_transform = build_train_transform(
             self.crop_size, mean, std, scale_range, hflip, photometric
         )
-        self.mean, self.std = tuple(mean), tuple(std)  # the normalisation, for tools that undo it
+        self.mean, self.std = self.preprocessor.mean, self.preprocessor.std
         # albumentations draws from its own generators, seeded from OS entropy unless told:
         # seed them so one `seed` gives one run (workers are re-seeded in seed_worker).
         self.train_transform.set_random_seed(seed)
@@ -324,10 +328,6 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self._get("test"), self.val_batch_size, train=False)
-
-    def describe(self) -> dict[str, Any]:
-        """Sizes of the splits opened so far (printed at start-up)."""
-        return {stage: len(ds) for stage, ds in self._sets.items()}
 
 
 # Keys of a dataset config that belong to the DataModule; every other key is the dataset's.

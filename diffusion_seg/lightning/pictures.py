@@ -13,8 +13,9 @@
   writes them (``eval save_predictions=true``).
 
 Evaluation batches are padded bottom-right to the output stride (image 0 before
-normalisation, label 255); :func:`valid_size` finds the original size again so pictures and
-files have the image's own size.
+normalisation, label 255) and say each image's size inside the padding (``image_size``, from
+:class:`~diffusion_seg.data.preprocess.Preprocessor`), so pictures and files have the image's
+own size; the task's preprocessor turns the network input back into RGB.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image
 from torch import Tensor
 
+from diffusion_seg.data.preprocess import Preprocessor
 from diffusion_seg.models.inference import resize_logits
 from diffusion_seg.plots import (
     IGNORE_INDEX,
@@ -46,15 +48,15 @@ from diffusion_seg.plots import (
 log = logging.getLogger(__name__)
 
 
-def normalisation(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[np.ndarray, np.ndarray]:
-    """The evaluation pipeline's mean and std (0..1 scale): from the DataModule's
-    ``eval_transform`` (its ``Normalize`` step), else the backbone's pretraining statistics."""
-    transform = getattr(getattr(trainer, "datamodule", None), "eval_transform", None)
-    for step in getattr(transform, "transforms", []) or []:
-        if type(step).__name__ == "Normalize" and getattr(step, "mean", None) is not None:
-            return np.asarray(step.mean, dtype=np.float32), np.asarray(step.std, dtype=np.float32)
-    backbone = pl_module.net.backbone  # type: ignore[attr-defined]
-    return np.asarray(backbone.mean, dtype=np.float32), np.asarray(backbone.std, dtype=np.float32)
+def batch_preprocessor(trainer: L.Trainer, pl_module: L.LightningModule) -> Preprocessor:
+    """What made the evaluated batches: the task's (the DataModule's) preprocessor, else the
+    trainer's DataModule's, else the backbone's statistics."""
+    found = getattr(pl_module, "preprocessor", None) or getattr(
+        getattr(trainer, "datamodule", None), "preprocessor", None)
+    if found is None:
+        backbone = pl_module.net.backbone  # type: ignore[attr-defined]
+        found = Preprocessor(backbone.mean, backbone.std, max(backbone.reductions))
+    return found
 
 
 def dataset_palette(trainer: L.Trainer, num_classes: int) -> np.ndarray:
@@ -63,23 +65,14 @@ def dataset_palette(trainer: L.Trainer, num_classes: int) -> np.ndarray:
     return palette_for(num_classes, palette)
 
 
-def denormalise(image: Tensor, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Normalised ``3×H×W`` → ``H×W×3`` uint8 RGB."""
-    rgb = image.detach().float().cpu().permute(1, 2, 0).numpy() * std + mean
-    return (rgb.clip(0, 1) * 255).round().astype(np.uint8)
-
-
-def valid_size(image: Tensor, mask: Tensor | None, mean: np.ndarray, std: np.ndarray) -> tuple[int, int]:
-    """``(h, w)`` of the image before the evaluation padding: the trailing rows / columns whose
-    pixels all hold the padding value (0 before normalisation) and whose labels are all 255."""
-    pad = torch.as_tensor(-mean / std, dtype=torch.float32, device=image.device)[:, None, None]
-    is_pad = (image.float() - pad).abs().amax(0) < 1e-3
-    if mask is not None:
-        is_pad &= mask == IGNORE_INDEX
-    rows = is_pad.all(1).flip(0).int().cumprod(0).sum()
-    cols = is_pad.all(0).flip(0).int().cumprod(0).sum()
-    height, width = is_pad.shape
-    return max(int(height - rows), 1), max(int(width - cols), 1)
+def image_sizes(batch: dict[str, Any]) -> list[tuple[int, int]]:
+    """``(h, w)`` of every image of a batch inside its padding: the sizes the evaluation
+    pipeline recorded (``image_size``), else the whole tensor (a batch that was not padded)."""
+    images = batch["image"]
+    sizes = batch.get("image_size")
+    if sizes is None:
+        return [tuple(images.shape[-2:])] * len(images)
+    return [(int(h), int(w)) for h, w in sizes.tolist()]
 
 
 def _predictions(outputs: Any) -> Tensor | None:
@@ -129,14 +122,13 @@ class ValidationPictures(L.Callback):
             with torch.no_grad():
                 logits = pl_module(images[:wanted])
             pred = resize_logits(logits, images.shape[-2:]).argmax(1)
-        mean, std = normalisation(trainer, pl_module)
+        preprocessor = batch_preprocessor(trainer, pl_module)
         names = batch.get("name") or [f"{batch_idx}_{i}" for i in range(len(images))]
-        for i in range(wanted):
+        for i, (h, w) in zip(range(wanted), image_sizes(batch)):
             mask = masks[i] if masks is not None else None
-            h, w = valid_size(images[i], mask, mean, std)
             self._samples.append({
                 "name": str(names[i]),
-                "rgb": denormalise(images[i], mean, std)[:h, :w],
+                "rgb": preprocessor.to_rgb(images[i])[:h, :w],
                 "pred": pred[i, :h, :w].cpu().numpy().astype(np.uint8),
                 "gt": None if mask is None else mask[:h, :w].cpu().numpy().astype(np.uint8),
             })
@@ -237,13 +229,12 @@ class PredictionWriter(L.Callback):
         pred = _predictions(outputs)
         if trainer.sanity_checking or pred is None:
             return
-        mean, std = normalisation(trainer, pl_module)
+        preprocessor = batch_preprocessor(trainer, pl_module)
         palette = dataset_palette(trainer, pl_module.net.num_classes)
-        images, masks = batch["image"], batch.get("mask")
+        images = batch["image"]
         names = batch.get("name") or [f"batch{batch_idx:05d}_{i}" for i in range(len(images))]
-        for i in range(len(images)):
-            h, w = valid_size(images[i], None if masks is None else masks[i], mean, std)
-            rgb = denormalise(images[i], mean, std)[:h, :w] if self.overlay else None
+        for i, (h, w) in enumerate(image_sizes(batch)):
+            rgb = preprocessor.to_rgb(images[i])[:h, :w] if self.overlay else None
             save_prediction(self.dirpath, str(names[i]), pred[i, :h, :w].cpu().numpy(), palette,
                             rgb=rgb, alpha=self.alpha)
             self.count += 1
