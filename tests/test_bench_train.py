@@ -16,7 +16,7 @@ from diffusion_seg.config import compose_config
 from diffusion_seg.models.backbone import CheckpointedStage, TimmBackbone
 from diffusion_seg.models.difnet import DifNetHead
 from diffusion_seg.models.heads import DeepLabV2Head, SegmentationOutput
-from diffusion_seg.models.losses import cross_entropy
+from diffusion_seg.models.losses import cross_entropy, segmentation_loss
 from diffusion_seg.models.pdn import PDNHead
 from diffusion_seg.models.segmentor import Segmentor
 
@@ -67,7 +67,9 @@ def test_training_step_uses_the_tasks_loss_learning_rates_and_updates_the_weight
     target = torch.randint(0, 4, (2, 64, 64))
     out = SegmentationOutput(logits, aux={"fcn_layer3": aux})
     expected = cross_entropy(logits, target) + 0.4 * cross_entropy(aux, target)
-    torch.testing.assert_close(bench_train.training_loss(out, target, 0.4, 255), expected)
+    loss, terms = segmentation_loss(out, target, 0.4, 255)
+    torch.testing.assert_close(loss, expected)
+    assert list(terms) == ["loss_main", "loss_aux/fcn_layer3"]
 
 
 def test_large_rows_report_memory_with_and_without_checkpointing(capsys, one_thread):

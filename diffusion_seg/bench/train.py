@@ -6,10 +6,10 @@ relative to DeepLab-v2 in the same interleaved run, eager and compiled.
         [--rounds 5] [--batch N] [--large 1024] [--quick]
 
 A step is what ``SegmentationTask.training_step`` and Lightning do per batch: forward, the
-loss (cross-entropy on the main logits plus ``task.aux_weight`` × that of every auxiliary
-output, in float32), backward, and the optimizer step (SGD with the task's two
-learning-rate groups), gradients zeroed first. ``--dtype bfloat16`` runs forward and loss
-under autocast, as ``trainer=gpu`` does. Networks come from the project's configs
+loss (``models.losses.segmentation_loss``: cross-entropy on the main logits plus
+``task.aux_weight`` × that of every auxiliary output, in float32), backward, and the optimizer
+step (SGD with the task's two learning-rate groups, ``Segmentor.param_groups``), gradients
+zeroed first. ``--dtype bfloat16`` runs forward and loss under autocast, as ``trainer=gpu`` does. Networks come from the project's configs
 (``compose_config`` + ``build_segmentor``), so each head has its options of:
 
 * ``tiny``: the built-in benchmark (``experiment=pathfinder_<head>``: ``test_resnet`` at
@@ -85,30 +85,13 @@ def tiny_overrides(head: str) -> list[str]:
 # ---------------------------------------------------------------------------- the step
 
 
-def training_loss(out: Any, target: Any, aux_weight: float, ignore_index: int) -> Any:
-    """``SegmentationTask.training_step``'s loss: CE of the main logits + ``aux_weight`` × CE
-    of every auxiliary output, each on float32 logits upsampled to the label size."""
-    from diffusion_seg.models.losses import cross_entropy
-
-    loss = cross_entropy(out.logits.float(), target, ignore_index)
-    for logits in out.aux.values():
-        loss = loss + aux_weight * cross_entropy(logits.float(), target, ignore_index)
-    return loss
-
-
 def make_optimizer(cfg: Any, net: Any) -> Any:
-    """The run's optimizer with ``SegmentationTask.configure_optimizers``' two groups
-    (pretrained parameters at ``optimizer.lr``, new ones × ``task.new_lr_mult``)."""
+    """The run's optimizer with ``SegmentationTask.configure_optimizers``' parameter groups
+    (:meth:`~diffusion_seg.models.segmentor.Segmentor.param_groups`)."""
     from diffusion_seg.config import instantiate_node
 
     factory = instantiate_node(cfg, "optimizer")
-    base_lr = factory.keywords["lr"]
-    groups = [
-        {"params": [p for p in params if p.requires_grad], "lr": lr}
-        for params, lr in ((list(net.backbone_parameters()), base_lr),
-                           (list(net.new_parameters()), base_lr * cfg.task.new_lr_mult))
-    ]
-    return factory([g for g in groups if g["params"]])
+    return factory(net.param_groups(factory.keywords["lr"], cfg.task.new_lr_mult))
 
 
 def build(spec: dict[str, Any]) -> Any:
@@ -117,6 +100,7 @@ def build(spec: dict[str, Any]) -> Any:
 
     from diffusion_seg.builders import build_segmentor
     from diffusion_seg.config import compose_config
+    from diffusion_seg.models.losses import segmentation_loss
 
     cfg = compose_config(spec["overrides"])
     device, batch, size, classes = spec["device"], spec["batch"], spec["size"], spec["classes"]
@@ -154,7 +138,7 @@ def build(spec: dict[str, Any]) -> Any:
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = training_loss(forward(image), target, aux_weight, ignore_index)
+            loss, _ = segmentation_loss(forward(image), target, aux_weight, ignore_index)
         loss.backward()
         optimizer.step()
 

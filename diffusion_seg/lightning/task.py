@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,15 @@ from torch import Tensor
 from diffusion_seg.lightning.checkpoint import CONFIG_KEY
 from diffusion_seg.lightning.progress import crf_progress
 from diffusion_seg.lightning.safety import FiniteStepGuard
+from diffusion_seg.data.preprocess import Preprocessor
 from diffusion_seg.metrics import ContextMetrics, SegmentationMetrics, format_context, format_table
 from diffusion_seg.models.crf import DenseCRF
-from diffusion_seg.models.inference import predict
-from diffusion_seg.models.losses import cross_entropy
+from diffusion_seg.models.inference import predict, scores_are_logits
+from diffusion_seg.models.losses import cross_entropy, segmentation_loss
 from diffusion_seg.models.segmentor import Segmentor
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
-
-# Epoch metrics come from a torchmetrics state that is already summed across processes, so
-# Lightning's advice to add sync_dist=True would only average identical numbers.
-warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed.*")
 
 # Logged with every val/test table: Lightning takes a logged "step" as the step of that log
 # call (metrics.csv's step column, TensorBoard's x axis) and ModelCheckpoint fills a file name's
@@ -117,10 +113,9 @@ class SegmentationTask(L.LightningModule):
         num_classes = len(self.class_names)
         if num_classes != net.num_classes:
             raise ValueError(f"{num_classes} class names for a {net.num_classes}-class network")
-        multi_pass = tuple(self.inference.get("scales", (1.0,))) != (1.0,) or self.inference.get(
-            "flip", False
-        ) or self.inference.get("mode", "whole") != "whole"
-        if eval_aux and multi_pass:
+        one_whole_pass = self.inference.get("mode", "whole") == "whole" and scores_are_logits(
+            **{**self.inference, "crf": False})
+        if eval_aux and not one_whole_pass:
             raise ValueError(
                 "task.eval_aux=true evaluates the auxiliary outputs of one whole-image pass; "
                 "set task.inference.mode=whole, scales=[1.0], flip=false"
@@ -155,17 +150,10 @@ class SegmentationTask(L.LightningModule):
         target = batch["mask"]
         self.step_guard.before_forward(self.net)
         out = self.net(self._image(batch))
-        # float32 from the logits on (upsampling and loss), also under bf16 autocast.
-        loss_main = cross_entropy(out.logits.float(), target, self.ignore_index)
-        loss = loss_main
-        terms = {"loss_main": loss_main}
+        loss, terms = segmentation_loss(out, target, self.aux_weight, self.ignore_index)
         batch_size = target.shape[0]
-        for name, logits in out.aux.items():
-            loss_aux = cross_entropy(logits.float(), target, self.ignore_index)
-            loss = loss + self.aux_weight * loss_aux
-            terms[f"loss_aux/{name}"] = loss_aux
-            self.log(f"train/loss_aux/{name}", loss_aux, batch_size=batch_size)
-        self.log("train/loss_main", loss_main, batch_size=batch_size)
+        for name, term in terms.items():
+            self.log(f"train/{name}", term, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.step_guard.record(loss=loss, **terms)
         return loss
@@ -200,9 +188,8 @@ class SegmentationTask(L.LightningModule):
             moving_bar = crf_progress(self.trainer, stage, batch_idx) if crf else None
             scores = predict(self._logits_fp32, image, **{**self.inference, "crf": crf}, rgb=rgb,
                              crf_progress=moving_bar)
-        single_pass = tuple(self.inference.get("scales", (1.0,))) == (1.0,)
         crf = bool(self.inference.get("crf")) and not self.eval_aux and self.trainer.state.fn != "fit"
-        if single_pass and not self.inference.get("flip", False) and not crf:  # scores are logits
+        if scores_are_logits(**{**self.inference, "crf": crf}):
             loss = cross_entropy(scores, target, self.ignore_index)
             self.log(f"{stage}/loss", loss, batch_size=target.shape[0], sync_dist=True)
         pred = scores.argmax(1)
@@ -212,13 +199,19 @@ class SegmentationTask(L.LightningModule):
             self.context_metrics[stage].update(pred, target, *maps)
         return {"pred": pred}
 
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """What made the batches' images: the DataModule's, else the backbone's statistics."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        found = getattr(datamodule, "preprocessor", None)
+        if found is None:
+            backbone = self.net.backbone
+            found = Preprocessor(backbone.mean, backbone.std, max(backbone.reductions))
+        return found
+
     def _rgb(self, batch: dict[str, Any]) -> Tensor:
-        """The batch's images back in RGB 0..255 (the dense CRF's colour kernel), undoing the
-        DataModule's normalisation."""
-        datamodule = self.trainer.datamodule
-        mean = torch.tensor(datamodule.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(datamodule.std, device=self.device).view(1, 3, 1, 1)
-        return (batch["image"].float() * std + mean).mul(255).clamp(0, 255)
+        """The batch's images back in RGB 0..255 (the dense CRF's colour kernel)."""
+        return self.preprocessor.denormalise(batch["image"])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         return self._evaluate(batch, "val", batch_idx)
@@ -305,14 +298,7 @@ class SegmentationTask(L.LightningModule):
         if self.optimizer_factory is None:
             raise RuntimeError("SegmentationTask was built without an optimizer (eval only)")
         base_lr = self.optimizer_factory.keywords["lr"]  # type: ignore[attr-defined]
-        groups = [
-            {"params": [p for p in params if p.requires_grad], "lr": lr, "name": name}
-            for name, params, lr in (
-                ("backbone", list(self.net.backbone_parameters()), base_lr),
-                ("new", list(self.net.new_parameters()), base_lr * self.new_lr_mult),
-            )
-        ]
-        optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        optimizer = self.optimizer_factory(self.net.param_groups(base_lr, self.new_lr_mult))
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(

@@ -19,6 +19,14 @@ LogitsFn = Callable[[Tensor], Tensor]
 VALID_MODES = ("whole", "slide")
 
 
+def scores_are_logits(scales: Sequence[float] = (1.0,), flip: bool = False, crf: bool = False,
+                      **options: Any) -> bool:
+    """Whether :func:`predict` with these options returns logits (one pass: whole image or
+    sliding window, no CRF) rather than probabilities (the mean softmax of several passes,
+    or the dense CRF's marginals). Takes a ``task.inference`` mapping as keywords."""
+    return tuple(scales) == (1.0,) and not flip and not crf
+
+
 def resize_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
     """Bilinear upsampling of feature-resolution logits to ``size`` (H, W)."""
     if tuple(logits.shape[-2:]) == tuple(size):
@@ -71,8 +79,7 @@ def predict(
         if rgb is None:
             raise ValueError("inference.crf=true needs the RGB image (0..255) of the batch")
         plain = predict(logits_fn, image, mode, crop, stride, scales, flip)
-        single = tuple(scales) == (1.0,) and not flip
-        probs = plain.float().softmax(1) if single else plain.float()
+        probs = plain.float().softmax(1) if scores_are_logits(scales, flip) else plain.float()
         return dense_crf(probs, rgb, **dict(crf_params or {}), progress=crf_progress)
     h, w = image.shape[-2:]
 

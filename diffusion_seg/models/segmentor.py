@@ -59,6 +59,20 @@ class Segmentor(nn.Module):
         """Parameters the head added (the papers' "newly added layers", 10× learning rate)."""
         return (p for n, p in self.named_parameters() if n not in self.pretrained_names)
 
+    def param_groups(self, lr: float, new_lr_mult: float = 10.0) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups, by parameter name (as timm's ``group_matcher``):
+        ``backbone`` (pretrained, at ``lr``) and ``new`` (what the head added, at
+        ``lr × new_lr_mult``). Frozen parameters and empty groups are left out; each group
+        has its ``name`` (logged learning rates, the non-finite step's message)."""
+        groups = [
+            {"params": [p for p in params if p.requires_grad], "lr": group_lr, "name": name}
+            for name, params, group_lr in (
+                ("backbone", self.backbone_parameters(), lr),
+                ("new", self.new_parameters(), lr * new_lr_mult),
+            )
+        ]
+        return [group for group in groups if group["params"]]
+
     def former_keys(self) -> dict[str, str]:
         """``{key now: key in an older checkpoint}`` for every key that moved.
 
