@@ -11,6 +11,7 @@ import re
 import sys
 import textwrap
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -23,6 +24,25 @@ from omegaconf import DictConfig, OmegaConf
 from diffusion_seg import CONFIG_DIR
 
 log = logging.getLogger("diffusion_seg")
+
+
+def quiet_known_warnings() -> None:
+    """Silence what the commands know to be noise; called as a command starts (and where a
+    launched job starts in a process of its own), never at import, so importing the library
+    leaves a user's warning filters alone."""
+    # Epoch metrics come from a torchmetrics state that is already summed across processes,
+    # so Lightning's advice to add sync_dist=True would only average identical numbers.
+    warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed.*")
+    # conf/hydra/launcher/{submitit_slurm,submitit_local,joblib}.yaml carry the plugins' own
+    # config names on purpose (README, "Cluster and long runs"); Hydra 1.3 type-checks such a
+    # file against the plugin's schema and warns that this matching is deprecated. The files
+    # hold every key and their _target_, so they also stand alone where the matching is gone.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"\s*'hydra/launcher/(submitit_slurm|submitit_local|joblib)' is validated against ConfigStore",
+    )
+    # Optuna's SQLite storage logs every alembic plugin it loads at INFO.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @rank_zero_only

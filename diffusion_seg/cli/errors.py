@@ -46,6 +46,9 @@ def hydra_command(hydra_main: Callable[[], T], config_name: str) -> T:
     types and ranges, missing mandatory values stop here, in one line, before Hydra creates
     the run dir. Hydra gets the command line back with ``++`` before Trainer arguments (and
     other ``_target_`` arguments) that the config files do not list."""
+    from diffusion_seg.cli.console import quiet_known_warnings  # console imports Hydra
+
+    quiet_known_warnings()
     with user_errors():
         sys.argv[1:] = check_command_line(sys.argv[1:], config_name)
     return hydra_main()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from omegaconf import DictConfig
 
 from diffusion_seg import CONFIG_DIR
 from diffusion_seg.builders import build_backbone, build_datamodule, build_segmentor, build_task, compile_from_config
-from diffusion_seg.cli.console import log, print_config
+from diffusion_seg.cli.console import log, print_config, quiet_known_warnings
 from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.config import instantiate_node, register_resolvers
 from diffusion_seg.errors import ConfigError
@@ -53,15 +52,6 @@ from diffusion_seg.runtime import keep_freed_memory
 
 register_resolvers()
 register_sweep_resolvers()
-# conf/hydra/launcher/{submitit_slurm,submitit_local,joblib}.yaml carry the plugins' own config
-# names on purpose (README, "Cluster and long runs"); Hydra 1.3 type-checks such a file against
-# the plugin's schema and warns that this matching is deprecated. The files hold every key and
-# their _target_, so they also stand alone where the matching is gone.
-warnings.filterwarnings(
-    "ignore", message=r"\s*'hydra/launcher/(submitit_slurm|submitit_local|joblib)' is validated against ConfigStore"
-)
-# Optuna's SQLite storage logs every alembic plugin it loads at INFO.
-logging.getLogger("alembic").setLevel(logging.WARNING)
 
 # Command-line choices that need the `cluster` extra → the module they need.
 CLUSTER_PLUGINS = {
@@ -95,6 +85,7 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> list[Logger]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the final metrics (also written to
     ``finished.yaml``). A job dir that holds this job already is skipped or continued."""
+    quiet_known_warnings()  # also in a job a launcher started in a process of its own
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
