@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 XDIST ?= -n auto --maxprocesses=4
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train eval test test-fast bench verify-weights study clean distclean
+.PHONY: help setup train eval test test-fast bench verify-weights study docs docs-serve clean distclean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,12 +20,17 @@ help: ## Show this help
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,prepare,cluster]"
+	$(PY) -m pip install --quiet -e ".[dev,docs,prepare,cluster]"
 	@# Optional (the crf extra): built from source, skipped where it cannot build.
 	$(PY) -m pip install --quiet "pydensecrf2>=1.1" || echo "skipped: pydensecrf2 did not build (optional: task.inference.crf_params.backend=pydensecrf2; the lattice and exact CRF backends need nothing)"
+	@# The docs tests' browser (Debian's chromium), where it can be installed: root with apt-get.
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null \
+	  && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+	    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1; }; } \
+	  || echo "skipped: chromium not installed (the docs' browser test is skipped; apt-get install chromium)"
 	@touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv and install the package (editable) with its dev, prepare and cluster extras
+setup: $(STAMP) ## Create .venv and install the package (editable) with its dev, docs, prepare and cluster extras
 
 train: $(STAMP) ## Train + evaluate the quickstart experiment on the built-in dataset (~4 min on 2 CPU cores)
 	$(PY) -m diffusion_seg.train experiment=quickstart $(ARGS)
@@ -49,8 +54,14 @@ verify-weights: $(STAMP) ## Rerun the pretraining recorded in weights/ and compa
 bench: $(STAMP) ## Benchmarks: make bench ARGS="train --quick" (pdn | difnet | train | gpu | data); make bench ARGS="gpu" on a CUDA machine
 	$(PY) -m diffusion_seg.bench $(ARGS)
 
+docs: $(STAMP) ## Build the docs site into site/ (strict: a broken link or reference fails)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP) ## Serve the docs with live reload on http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
 clean: ## Remove run logs and caches (keeps .venv)
-	rm -rf logs outputs multirun .pytest_cache
+	rm -rf logs outputs multirun site .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean ## Also remove .venv
