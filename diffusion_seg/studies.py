@@ -1,7 +1,7 @@
 """Gather the runs of one or more sweeps into a study report: tables, a plot, a CSV.
 
 A sweep dir holds one job dir per run (``<sweep>/<job number>/``), each with the records the
-job wrote itself (:mod:`diffusion_seg.lightning.sweeps`): ``job.yaml`` (its overrides and its
+job wrote itself (:mod:`diffusion_seg.jobs`): ``job.yaml`` (its overrides and its
 attempts), ``config.yaml`` (the composed config it ran with) and its final metrics
 (``finished.yaml``, written when training ends). The report reads those, never Hydra's
 ``.hydra/``, which every later launch into the sweep dir rewrites; only job dirs from before
@@ -34,14 +34,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from diffusion_seg.errors import UserError
+# The records a training job writes into its dir.
+from diffusion_seg.jobs import CONFIG_FILE, FINISHED_FILE, JOB_FILE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# The records a training job writes into its dir (diffusion_seg.lightning.sweeps).
-JOB_FILE = "job.yaml"
-CONFIG_FILE = "config.yaml"
-FINISHED_FILE = "finished.yaml"
 METRICS = ("mIoU", "mAcc", "aAcc")
 # The Lightning CSV log of a job (conf/logger/csv.yaml): its val/mIoU rows are the learning curve.
 CSV_LOG = Path("csv") / "metrics.csv"

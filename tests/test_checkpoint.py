@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from diffusion_seg.lightning.checkpoint import AtomicCheckpointIO, CheckpointNotFoundError, load_checkpoint_file
+from diffusion_seg.checkpoints import load_checkpoint_file
+from diffusion_seg.errors import CheckpointNotFoundError
+from diffusion_seg.lightning.checkpoint import AtomicCheckpointIO
 
 
 class NotWeights:
@@ -56,7 +58,7 @@ def test_truncated_checkpoint_is_reported(tmp_path):
 
 
 def test_resume_dir_without_last_checkpoint_fails_with_the_path(tmp_path):
-    from diffusion_seg.lightning.checkpoint import resolve_checkpoint_path
+    from diffusion_seg.jobs import resolve_checkpoint_path
 
     run = str(tmp_path / "run")
     with pytest.raises(CheckpointNotFoundError, match=r"no checkpoint at .*run/checkpoints/last.ckpt"):

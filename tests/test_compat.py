@@ -10,15 +10,15 @@ import importlib.util
 import pytest
 
 from diffusion_seg.errors import CheckpointError
-from diffusion_seg.lightning.checkpoint import (
+from diffusion_seg.checkpoints import (
     CONFIG_KEY,
     FORMAT_KEY,
     FORMAT_VERSION,
-    AtomicCheckpointIO,
     load_checkpoint_file,
     load_segmentor,
     run_config,
 )
+from diffusion_seg.lightning.checkpoint import AtomicCheckpointIO
 
 # A run config as diffusion-seg 0.1.0 stored it: the dataset nested under dataset.dataset,
 # the loss and inference options at the root.

@@ -21,7 +21,7 @@ from torch._dynamo import lookup_backend, register_backend
 from diffusion_seg.builders import build_segmentor, build_task, compile_from_config
 from diffusion_seg.cli.predict import Predictor
 from diffusion_seg.errors import ConfigError
-from diffusion_seg.lightning.checkpoint import load_checkpoint_file
+from diffusion_seg.checkpoints import load_checkpoint_file
 from diffusion_seg.models.compile import COMPILE_MODES, compile_network, explain_graph_breaks
 
 from .conftest import FAST_TRAIN, compose_config, run_cli, run_dirs

@@ -9,7 +9,8 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from diffusion_seg.lightning.sweeps import FINISHED_FILE, register_sweep_resolvers
+from diffusion_seg.jobs import FINISHED_FILE
+from diffusion_seg.sweeps import register_sweep_resolvers
 
 from .conftest import FAST_TRAIN, compose_config, run_cli
 

@@ -21,7 +21,7 @@ import torch
 import diffusion_seg
 from diffusion_seg.config import compose_config, renamed_key_error
 from diffusion_seg.errors import ConfigError
-from diffusion_seg.lightning.checkpoint import load_checkpoint_file, load_segmentor, upgrade_config
+from diffusion_seg.checkpoints import load_checkpoint_file, load_segmentor, upgrade_config
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.pdn import PDNHead
 from diffusion_seg.models.segmentor import Segmentor
@@ -52,6 +52,57 @@ def test_core_imports_neither_lightning_nor_hydra():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"the core imports {out.stdout.strip()}"
     assert len(core_modules()) >= 15  # the check covers the whole core, not an empty list
+
+
+def imported_by(modules: list[str]) -> set[str]:
+    """Every module a fresh interpreter holds after importing ``modules``."""
+    code = (
+        "import sys, importlib\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "print(','.join(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.strip().split(","))
+
+
+LIGHTNING = ("lightning", "pytorch_lightning")
+
+
+def top_level(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+def test_the_job_record_and_the_checkpoint_reader_stand_below_training_and_reporting():
+    """The job record (job.yaml / finished.yaml, skip / resume) is one module that training,
+    sweeps and reports all use: it imports none of them, nor Lightning or Hydra. Reading a
+    checkpoint needs no Lightning; reporting needs no training."""
+    jobs = imported_by(["diffusion_seg.jobs"])
+    assert not top_level(jobs) & {*LIGHTNING, "hydra"}, sorted(top_level(jobs))
+    assert not jobs & {"diffusion_seg.studies", "diffusion_seg.sweeps", "diffusion_seg.cli.train"}
+    assert not top_level(imported_by(["diffusion_seg.checkpoints"])) & set(LIGHTNING)
+    reporting = imported_by(["diffusion_seg.studies", "diffusion_seg.cli.report"])
+    assert not top_level(reporting) & set(LIGHTNING), "the report imports Lightning"
+    assert not {m for m in reporting if m.startswith("diffusion_seg.lightning")}
+
+
+# lightning/sweeps.py re-exports three job-record names for bench/oracle.py (not ours to edit
+# yet); it holds no code of its own.
+LIGHTNING_SHIMS = {"sweeps"}
+
+
+def test_the_lightning_package_holds_only_lightning_code():
+    for path in sorted((PACKAGE / "lightning").glob("*.py")):
+        if path.stem in ("__init__", *LIGHTNING_SHIMS):
+            continue
+        tree = ast.parse(path.read_text())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert top_level(imported) & set(LIGHTNING), f"{path.name} uses no Lightning: move it out of lightning/"
+    shim = ast.parse((PACKAGE / "lightning" / "sweeps.py").read_text())
+    assert not [n for n in shim.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    users = [p for p in (*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"))
+             if "diffusion_seg.lightning.sweeps" in p.read_text() and p.name != "test_layout.py"]
+    assert {p.relative_to(ROOT).as_posix() for p in users} <= {"diffusion_seg/bench/oracle.py"}
 
 
 # What each module of models/ may import from models/: a model family (one file per paper or

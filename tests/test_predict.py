@@ -15,7 +15,7 @@ from diffusion_seg.config import compose_config
 from diffusion_seg.data.base import read_image
 from diffusion_seg.data.transforms import build_eval_transform
 from diffusion_seg.errors import BadSampleError, ConfigError, UserError
-from diffusion_seg.lightning.checkpoint import load_segmentor
+from diffusion_seg.checkpoints import load_segmentor
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.heads import DeepLabV2Head
 from diffusion_seg.models.inference import predict

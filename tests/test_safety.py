@@ -16,7 +16,7 @@ import yaml
 from omegaconf import open_dict
 
 from diffusion_seg.builders import build_backbone, build_datamodule, build_segmentor, build_task
-from diffusion_seg.lightning.checkpoint import load_checkpoint_file
+from diffusion_seg.checkpoints import load_checkpoint_file
 from diffusion_seg.lightning.safety import FiniteStepGuard, NonFiniteError, RunGuard, cluster_plugins
 
 from .conftest import FAST_TRAIN, TINY_SYNTHETIC, compose_config, run_cli, run_dirs

@@ -14,19 +14,20 @@ import torch
 import yaml
 
 from diffusion_seg.errors import ConfigError
-from diffusion_seg.lightning.checkpoint import CheckpointNotFoundError, load_checkpoint_file
-from diffusion_seg.lightning.sweeps import (
+from diffusion_seg.checkpoints import load_checkpoint_file
+from diffusion_seg.errors import CheckpointNotFoundError
+from diffusion_seg.jobs import (
     CONFIG_FILE,
-    JOB_FILE,
     FINISHED_FILE,
+    JOB_FILE,
     RunPlan,
     end_attempts,
     job_overrides,
     plan_run,
     record_attempt,
-    register_sweep_resolvers,
     write_finished,
 )
+from diffusion_seg.sweeps import register_sweep_resolvers
 
 from .conftest import FAST_TRAIN, run_cli
 from .test_safety import train_steps
@@ -281,7 +282,7 @@ def test_the_guard_checks_every_job_of_a_launch_before_it_starts(tmp_path):
     the basic sweeper in Hydra's order against the dirs they would land in."""
     from omegaconf import open_dict, read_write
 
-    from diffusion_seg.lightning.sweeps import check_sweep_dir, sweep_jobs
+    from diffusion_seg.sweeps import check_sweep_dir, sweep_jobs
 
     from .conftest import compose_config
 

@@ -177,7 +177,7 @@ def test_unreadable_images_are_named_and_skipped_as_predict_does(tmp_path: Path,
     and the command exits with 1 (it used to stop at the first with exit 2)."""
     from omegaconf import OmegaConf
 
-    import diffusion_seg.lightning.checkpoint as checkpoint
+    import diffusion_seg.checkpoints as checkpoint
 
     net = Segmentor(TimmBackbone("test_resnet"), DeepLabV2Head, 3).eval()
     monkeypatch.setattr(checkpoint, "load_segmentor",

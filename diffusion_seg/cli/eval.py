@@ -29,7 +29,7 @@ from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.config import instantiate_node, register_resolvers
 from diffusion_seg.errors import ConfigError
-from diffusion_seg.lightning.checkpoint import load_segmentor
+from diffusion_seg.checkpoints import load_segmentor
 from diffusion_seg.lightning.pictures import PredictionWriter
 from diffusion_seg.lightning.task import PROGRESS_KEYS, read_checkpoint_progress
 from diffusion_seg.plots import write_eval_reports

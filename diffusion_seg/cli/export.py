@@ -33,7 +33,7 @@ from diffusion_seg.cli.predict import checkpoint_palette, load_rgb, normalisatio
 from diffusion_seg.config import register_resolvers
 from diffusion_seg.deploy import FORMATS, INPUT_DTYPES, SUFFIXES, ExportResult, export, sample_input
 from diffusion_seg.errors import ConfigError, UserError
-from diffusion_seg.lightning.checkpoint import load_segmentor
+from diffusion_seg.checkpoints import load_segmentor
 
 register_resolvers()
 

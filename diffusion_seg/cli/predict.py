@@ -45,7 +45,7 @@ from diffusion_seg.config import register_resolvers
 from diffusion_seg.data.base import voc_colormap
 from diffusion_seg.data.transforms import build_eval_transform
 from diffusion_seg.errors import BadSampleError, ConfigError, UserError
-from diffusion_seg.lightning.checkpoint import load_segmentor
+from diffusion_seg.checkpoints import load_segmentor
 from diffusion_seg.models.inference import VALID_MODES, predict
 from diffusion_seg.models.segmentor import Segmentor
 from diffusion_seg.plots import prediction_paths, save_prediction

@@ -10,14 +10,13 @@ Examples::
     python -m diffusion_seg.train hparams_search=pdn_optuna model=pdn           # Optuna search
 
 A run survives: a job dir that holds the job already is skipped (finished) or continued
-(``auto_resume``, :mod:`diffusion_seg.lightning.sweeps`); a stop signal saves ``last.ckpt`` at
+(``auto_resume``, :mod:`diffusion_seg.jobs`); a stop signal saves ``last.ckpt`` at
 the current step and a non-finite step stops the run (:mod:`diffusion_seg.lightning.safety`).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,18 +36,12 @@ from diffusion_seg.cli.console import log, print_config, quiet_known_warnings
 from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.config import instantiate_node, register_resolvers
 from diffusion_seg.errors import ConfigError
+from diffusion_seg.jobs import RunPlan, end_attempts, plan_run, record_attempt, write_finished
 from diffusion_seg.lightning.checkpoint import AtomicCheckpointIO
 from diffusion_seg.lightning.safety import Interrupted, NonFiniteError, RunGuard, cluster_plugins
-from diffusion_seg.lightning.sweeps import (
-    RunPlan,
-    end_attempts,
-    plan_run,
-    record_attempt,
-    register_sweep_resolvers,
-    write_finished,
-)
 from diffusion_seg.lightning.task import PROGRESS_KEYS
 from diffusion_seg.runtime import keep_freed_memory
+from diffusion_seg.sweeps import register_sweep_resolvers
 
 register_resolvers()
 register_sweep_resolvers()

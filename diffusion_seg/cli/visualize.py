@@ -544,7 +544,7 @@ def _pixels(cfg: DictConfig) -> list[tuple[int, int]] | None:
 def run_visualize(cfg: DictConfig) -> tuple[list[Path], Summary]:
     """Load the checkpoint, then write the figures of every readable input image. Returns
     the written files and which images were drawn and skipped."""
-    from diffusion_seg.lightning.checkpoint import load_segmentor
+    from diffusion_seg.checkpoints import load_segmentor
 
     device = select_device(str(cfg.device))
     pixels = _pixels(cfg)

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from diffusion_seg.errors import UserError
-from diffusion_seg.lightning.checkpoint import LAST
+from diffusion_seg.jobs import LAST
 
 log = logging.getLogger("diffusion_seg")
 

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from diffusion_seg.lightning.checkpoint import CONFIG_KEY
+from diffusion_seg.checkpoints import CONFIG_KEY
 from diffusion_seg.lightning.progress import crf_progress
 from diffusion_seg.lightning.safety import FiniteStepGuard
 from diffusion_seg.data.preprocess import Preprocessor
@@ -72,7 +72,7 @@ class SegmentationTask(L.LightningModule):
             with one line naming the step, the loss terms and the learning rates (nothing is
             saved from it), or ``skip`` that update (:class:`~diffusion_seg.lightning.safety.FiniteStepGuard`).
         run_config: the resolved run configuration, stored in every checkpoint so a checkpoint
-            alone rebuilds the network (:func:`diffusion_seg.lightning.checkpoint.load_segmentor`).
+            alone rebuilds the network (:func:`diffusion_seg.checkpoints.load_segmentor`).
 
     Every val/test table, checkpoint name and logged val/test row says which weights it
     measured as ``epoch E, step S``: E training epochs run to their end and S optimizer steps
