@@ -19,7 +19,8 @@ from torch import nn
 from torch._dynamo import lookup_backend, register_backend
 
 from diffusion_seg.builders import build_segmentor, build_task, compile_from_config
-from diffusion_seg.cli.predict import Predictor
+from diffusion_seg.data.preprocess import Preprocessor
+from diffusion_seg.inference import Predictor
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.checkpoints import load_checkpoint_file
 from diffusion_seg.models.compile import COMPILE_MODES, compile_network, explain_graph_breaks
@@ -101,8 +102,9 @@ def test_inductor_network_then_the_eager_dense_crf(monkeypatch):
     monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)  # no worker pool to start
     _, net = build("deeplabv2")
     inference = {"crf": True, "crf_params": {"iterations": 2}}
-    eager = Predictor(copy.deepcopy(net), [0.5] * 3, [0.25] * 3, 8, inference)
-    compiled = Predictor(compile_network(net), [0.5] * 3, [0.25] * 3, 8, inference)
+    preprocessor = Preprocessor([0.5] * 3, [0.25] * 3, 8)
+    eager = Predictor(copy.deepcopy(net), preprocessor, inference)
+    compiled = Predictor(compile_network(net), preprocessor, inference)
     images = torch.randn(2, 3, 32, 32)
     sizes = [(32, 32), (32, 32)]
     with torch.no_grad():  # (one input shape: another batch size would compile again)

@@ -10,12 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_seg.cli.predict import Predictor, collect_inputs, load_rgb, run_predict
+from diffusion_seg.cli.predict import run_predict
 from diffusion_seg.config import compose_config
 from diffusion_seg.data.base import read_image
 from diffusion_seg.data.transforms import build_eval_transform
 from diffusion_seg.errors import BadSampleError, ConfigError, UserError
 from diffusion_seg.checkpoints import load_segmentor
+from diffusion_seg.data.preprocess import Preprocessor
+from diffusion_seg.inference import Predictor, collect_inputs, load_rgb
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.heads import DeepLabV2Head
 from diffusion_seg.models.inference import predict
@@ -141,16 +143,16 @@ def test_batches_and_sliding_window_give_the_image_size():
     mean, std = [0.5] * 3, [0.25] * 3
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (45, 61, 3), dtype=np.uint8) for _ in range(2)]
-    whole = Predictor(net, mean, std, 8)
+    whole = Predictor(net, Preprocessor(mean, std, 8))
     tensors, valid = zip(*(whole.prepare(i) for i in images))
     assert tensors[0].shape == (3, 48, 64) and valid[0] == (45, 61)
     batched = whole(torch.stack(tensors), valid, [i.shape[:2] for i in images])
     single = whole(tensors[1][None], valid[1:], [images[1].shape[:2]])
     assert np.array_equal(batched[1][0], single[0][0]) and batched[0][0].shape == (45, 61)
-    slide = Predictor(net, mean, std, 8, {"mode": "slide", "crop": 32, "stride": 24, "flip": True})
+    slide = Predictor(net, Preprocessor(mean, std, 8), {"mode": "slide", "crop": 32, "stride": 24, "flip": True})
     label, prob = slide(tensors[0][None], valid[:1], [(45, 61)])[0]
     assert label.shape == prob.shape == (45, 61) and 1 / 3 - 1e-6 <= prob.min() and prob.max() <= 1
-    resized = Predictor(net, mean, std, 8, resize=32)
+    resized = Predictor(net, Preprocessor(mean, std, 8, resize=32))
     tensor, size = resized.prepare(images[0])
     assert tensor.shape == (3, 24, 32) and size == (24, 32)
     assert resized(tensor[None], [size], [(45, 61)])[0][0].shape == (45, 61)

@@ -15,7 +15,11 @@ from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.difnet import DifNetHead
 from diffusion_seg.models.heads import DeepLabV2Head
 from diffusion_seg.models.segmentor import Segmentor
-from diffusion_seg.cli.visualize import colorize_scalar, grid_cells, load_image, main, visualize
+from diffusion_seg.analysis import grid_cells
+from diffusion_seg.cli.visualize import main
+from diffusion_seg.data.preprocess import Preprocessor
+from diffusion_seg.figures import colorize_scalar, visualize
+from diffusion_seg.inference import load_rgb
 from diffusion_seg.data.base import voc_colormap
 
 
@@ -72,7 +76,7 @@ def test_helpers(tmp_path: Path) -> None:
         grid_cells([(48, 0)], (48, 64), (6, 8))
     path = tmp_path / "x.png"
     Image.fromarray(np.full((4, 6, 3), 255, dtype=np.uint8)).save(path)
-    x = load_image(path, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    x = Preprocessor((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)).normalise_rgb(load_rgb(path))
     assert x.shape == (3, 4, 6) and torch.allclose(x, torch.ones_like(x))
 
 
@@ -85,13 +89,9 @@ def test_main_needs_a_checkpoint(tmp_path: Path, capsys) -> None:
 
 # ---------------------------------------------------------------- every head, PDN, the command
 
-from diffusion_seg.cli.visualize import (  # noqa: E402
-    bypass_pdn_modules,
-    figures,
-    mass_area,
-    receptive_field,
-    translate_legacy,
-)
+from diffusion_seg.analysis import bypass_pdn_modules, mass_area, receptive_field  # noqa: E402
+from diffusion_seg.cli.visualize import translate_legacy  # noqa: E402
+from diffusion_seg.figures import figures  # noqa: E402
 from diffusion_seg.errors import ConfigError  # noqa: E402
 from diffusion_seg.models.pdn import PDNHead  # noqa: E402
 

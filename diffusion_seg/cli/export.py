@@ -29,11 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 from diffusion_seg import CONFIG_DIR
 from diffusion_seg.cli.console import log
 from diffusion_seg.cli.errors import hydra_command, user_errors
-from diffusion_seg.cli.predict import checkpoint_palette, load_rgb, normalisation
 from diffusion_seg.config import register_resolvers
 from diffusion_seg.deploy import FORMATS, INPUT_DTYPES, SUFFIXES, ExportResult, export, sample_input
 from diffusion_seg.errors import ConfigError, UserError
 from diffusion_seg.checkpoints import load_segmentor
+from diffusion_seg.inference import checkpoint_palette, checkpoint_preprocessor, load_rgb
 
 register_resolvers()
 
@@ -58,7 +58,7 @@ def check_samples(cfg: DictConfig) -> list[torch.Tensor]:
         raise ConfigError(f"input_size={size} is invalid; give [height, width], each >= 8")
     height, width = int(size[0]), int(size[1])
     if cfg.get("sample"):
-        rgb = load_rgb(Path(str(cfg.sample)))
+        rgb = load_rgb(str(cfg.sample))
         first = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].contiguous()
     else:
         first = sample_input(height, width)
@@ -81,8 +81,9 @@ def run_export(cfg: DictConfig) -> ExportResult:
         raise UserError(f"{path} exists; pass overwrite=true to replace it, or choose another output=")
     samples = check_samples(cfg)
     net, train_cfg = load_segmentor(cfg.ckpt_path)
-    mean, std = normalisation(train_cfg, net)
-    divisor = int(OmegaConf.select(train_cfg, "dataset.size_divisor") or max(net.backbone.reductions))
+    # What eval feeds the network; the export does whole images (no eval_resize).
+    preprocessor = checkpoint_preprocessor(train_cfg, net)
+    mean, std, divisor = list(preprocessor.mean), list(preprocessor.std), preprocessor.size_divisor
     log.info("Exporting %s (%s + %s, %d classes) as %s → %s", Path(cfg.ckpt_path).name,
              train_cfg.backbone.name, type(net.head).__name__, net.num_classes, fmt, path)
     result = export(net, fmt, path, mean, std, divisor, samples, float(cfg.tolerance), bool(cfg.dynamic),

@@ -5,31 +5,9 @@
 
 ``input`` is an image file (PNGs go straight into ``output``), a folder or a glob (one
 sub-folder of ``output`` per image). Every map is upsampled, nearest-neighbour, to the input
-size. What is drawn depends on the head (``pixels`` are ``[y, x]`` input pixels; default: the
-centre and the centres of the four quadrants):
-
-Every head
-    ``prediction.png`` (class colours), ``overlay.png`` (colours over the image),
-    ``predictions.png`` (image | prediction | overlay with the class legend) and
-    ``aux_<name>.png`` for each auxiliary output.
-
-PDN (the PDN paper's Fig. 4 and Table 2)
-    ``receptive_field.png``: for each chosen site, the gradient of that site's logit (its
-    predicted class, at the classifier's output) w.r.t. the input image, |∂| summed over the
-    colour channels, as a heat map over the image — for the network *without* its diffusion
-    modules (each module's residual branch ``W_out H`` bypassed: the backbone's own valid
-    receptive field, Fig. 4b) and *with* them (Fig. 4c/d). The title of each panel gives the
-    area holding 90% of the gradient mass; a fourth panel shows |with − without| on its own
-    scale (what the modules change). ``receptive_field_pixel{j}{,_no_modules}.png``
-    are the single heat maps. ``layers.png``: the prediction of every diffusion layer's
-    auxiliary classifier (``pdn{m}_layer{t}``) next to the final one.
-
-DifNet (the DifNet paper's Fig. 2–4)
-    ``image.png`` (chosen pixels numbered), ``score_argmax.png``, ``influence.png``
-    (E_i = Σ_k |x_ik|), ``importance.png`` (when the model has one), ``seed_argmax.png``,
-    ``walk_{t}_argmax.png``, ``transition_t{t}_pixel{j}.png`` (row i of P_t for chosen
-    pixel j, computed as ``softmax(ψ_i · Ψ)``: one row, never the N×N matrix), and the
-    composites ``difnet_maps.png`` and ``transitions.png``.
+size. What is drawn depends on the head (:mod:`diffusion_seg.figures` lists the files;
+``pixels`` are ``[y, x]`` input pixels; default: the centre and the centres of the four
+quadrants).
 
 Unreadable images are named and skipped, as ``predict`` does: the others are drawn, then the
 command lists the skipped files and exits with status 1.
@@ -40,420 +18,25 @@ The old flags still work: ``--ckpt F --image I --out D [--pixels Y,X ...] [--dev
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, ImageDraw
-from torch import Tensor
 
 from diffusion_seg.cli.console import command_help
 from diffusion_seg.cli.errors import user_errors
-from diffusion_seg.cli.predict import (
+from diffusion_seg.cli.predict import exit_if_any_failed
+from diffusion_seg.errors import ConfigError
+from diffusion_seg.figures import figures
+from diffusion_seg.inference import (
     DEVICES,
     Summary,
     checkpoint_palette,
+    checkpoint_preprocessor,
     collect_inputs,
-    exit_if_any_failed,
-    load_rgb,
     load_rgb_or_skip,
-    normalisation,
     select_device,
 )
-from diffusion_seg.data.base import voc_colormap
-from diffusion_seg.errors import ConfigError
-from diffusion_seg.models.difnet import DifNetHead, transition_rows
-from diffusion_seg.models.inference import predict
-from diffusion_seg.models.pdn import PDNHead
-from diffusion_seg.models.segmentor import Segmentor
-from diffusion_seg.plots import colorize, heatmap, overlay
-
-
-def colorize_labels(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """``h×w`` class ids → ``h×w×3`` colours (:func:`diffusion_seg.plots.colorize`)."""
-    return colorize(labels, palette)
-
-
-def colorize_scalar(values: np.ndarray) -> np.ndarray:
-    """``h×w`` values → ``h×w×3`` viridis colours (perceptually uniform, readable in grey),
-    min..max stretched to the full map (:func:`diffusion_seg.plots.heatmap`)."""
-    return heatmap(values)
-
-
-def grid_cells(
-    pixels: Sequence[tuple[int, int]], image_size: tuple[int, int], grid_size: tuple[int, int]
-) -> list[tuple[int, int]]:
-    """Input-image pixels ``(y, x)`` → the grid nodes ``(gy, gx)`` that hold them."""
-    (height, width), (h, w) = image_size, grid_size
-    cells = []
-    for y, x in pixels:
-        if not (0 <= y < height and 0 <= x < width):
-            raise ValueError(f"pixel [y, x] = [{y}, {x}] lies outside the {height}×{width} image")
-        cells.append((y * h // height, x * w // width))
-    return cells
-
-
-def default_pixels(image_size: tuple[int, int]) -> list[tuple[int, int]]:
-    """The centre, then the centres of the four quadrants."""
-    height, width = image_size
-    return [(height // 2, width // 2)] + [
-        (height * fy // 4, width * fx // 4) for fy in (1, 3) for fx in (1, 3)
-    ]
-
-
-def _save(
-    rgb: np.ndarray,
-    path: Path,
-    size: tuple[int, int],
-    marks: Sequence[tuple[int, tuple[int, int]]] = (),
-) -> Path:
-    """Upsample to ``size`` (H, W) nearest-neighbour, draw numbered marks, write a PNG."""
-    img = Image.fromarray(rgb).resize((size[1], size[0]), Image.NEAREST)
-    draw = ImageDraw.Draw(img)
-    for number, (y, x) in marks:
-        draw.rectangle([x - 3, y - 3, x + 3, y + 3], outline=(255, 255, 255), width=2)
-        draw.text((x + 5, y - 5), str(number), fill=(255, 255, 255))
-    img.save(path)
-    return path
-
-
-def _denormalise(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    rgb = image.float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    return (rgb.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-
-
-def _prepare(
-    net: Segmentor,
-    image: Tensor,
-    out_dir: str | Path,
-    palette: np.ndarray | None,
-    class_names: Sequence[str] | None = None,
-) -> tuple[Path, Tensor, tuple[int, int], np.ndarray, list[str]]:
-    """What every figure starts from: the output dir (created), the network in eval mode, the
-    image as a batch on the network's device, its size, the palette and the class names."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    net.eval()
-    param = next(net.parameters())
-    batch = (image if image.dim() == 4 else image[None]).to(param.device, param.dtype)
-    palette = voc_colormap(net.num_classes) if palette is None else np.asarray(palette)
-    names = list(class_names) if class_names else [f"class_{k}" for k in range(net.num_classes)]
-    return out_dir, batch, tuple(batch.shape[-2:]), palette, names
-
-
-@torch.no_grad()
-def visualize(
-    net: Segmentor,
-    image: Tensor,
-    out_dir: str | Path,
-    pixels: Sequence[tuple[int, int]] | None = None,
-    palette: np.ndarray | None = None,
-) -> list[Path]:
-    """Write the PNGs listed in the module docstring for one normalised image.
-
-    Args:
-        net: a Segmentor with a :class:`DifNetHead` (put in eval mode here).
-        image: ``3×H×W`` (or ``1×3×H×W``) normalised like the training data.
-        out_dir: created if needed.
-        pixels: ``(y, x)`` input pixels whose P_t rows to show (default: 5 spread points).
-        palette: ``K×3`` uint8 class colours (default: the VOC colour map, :func:`~diffusion_seg.data.base.voc_colormap`).
-
-    Returns:
-        The written files.
-    """
-    head = net.head
-    if not isinstance(head, DifNetHead):
-        raise ValueError(
-            f"visualize needs a DifNet model (model=difnet), got {type(head).__name__}"
-        )
-    out_dir, batch, size, palette, _ = _prepare(net, image, out_dir, palette)
-
-    out = net(batch)
-    score = out.extras["score"][0].float()
-    grid = tuple(score.shape[-2:])
-    pixels = list(pixels) if pixels else default_pixels(size)
-    cells = grid_cells(pixels, size, grid)
-    marks = list(enumerate(pixels, start=1))
-
-    def labels(name: str) -> np.ndarray:
-        return colorize_labels(out.extras[name][0].argmax(0).cpu().numpy(), palette)
-
-    rgb = _denormalise(batch[0], net.backbone.mean, net.backbone.std)
-    written = [
-        _save(rgb, out_dir / "image.png", size, marks),
-        _save(labels("score"), out_dir / "score_argmax.png", size),
-        _save(colorize_scalar(score.abs().sum(0).cpu().numpy()), out_dir / "influence.png", size),
-        _save(labels("seed"), out_dir / "seed_argmax.png", size),
-    ]
-    if "importance" in out.extras:
-        importance = out.extras["importance"][0, 0].float().cpu().numpy()
-        written.append(_save(colorize_scalar(importance), out_dir / "importance.png", size))
-    written += [
-        _save(labels(f"walk_{t}"), out_dir / f"walk_{t}_argmax.png", size)
-        for t in range(1, len(head.walks) + 1)
-    ]
-    index = torch.tensor([gy * grid[1] + gx for gy, gx in cells], device=batch.device)
-    for t, psi in enumerate(head.similarities(batch, grid), start=1):
-        rows = transition_rows(psi, index)[0].reshape(len(cells), *grid).cpu().numpy()
-        for j, row in enumerate(rows, start=1):
-            path = out_dir / f"transition_t{t}_pixel{j}.png"
-            written.append(_save(colorize_scalar(row), path, size, [marks[j - 1]]))
-    return written
-
-
-
-# --------------------------------------------------------------------------- every head
-
-
-def _labels_at(logits: Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Feature-resolution logits ``1×K×h×w`` → class ids at ``size``, nearest-neighbour (the
-    grid as the network sees it)."""
-    labels = logits[0].float().argmax(0)[None, None].float()
-    return torch.nn.functional.interpolate(labels, size=size, mode="nearest")[0, 0].long().cpu().numpy()
-
-
-def _legend(fig: Figure, class_names: Sequence[str], palette: np.ndarray, present: Sequence[int]) -> None:
-    handles = [Patch(facecolor=np.asarray(palette[k]) / 255, edgecolor="0.5", label=class_names[k])
-               for k in present]
-    if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7,
-                   frameon=False)
-
-
-def _figure(panels: Sequence[tuple[np.ndarray, str]], columns: int, path: Path, title: str = "",
-            class_names: Sequence[str] | None = None, palette: np.ndarray | None = None,
-            present: Sequence[int] = (), panel_inches: float = 2.2) -> Path:
-    """Labelled panels in a grid (matplotlib, no pyplot), optional class legend below."""
-    rows = -(-len(panels) // columns)
-    legend = 0.35 if class_names is not None and len(present) else 0.0
-    header = 0.25 + 0.17 * (title.count("\n") + 1 if title else 0)  # inches above the panels
-    fig = Figure(figsize=(columns * panel_inches, rows * panel_inches + header + legend))
-    FigureCanvasAgg(fig)
-    for i, (rgb, caption) in enumerate(panels):
-        ax = fig.add_subplot(rows, columns, i + 1)
-        ax.imshow(rgb, interpolation="nearest")
-        ax.set_title(caption, fontsize=7)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    if legend and palette is not None and class_names is not None:
-        _legend(fig, class_names, palette, present)
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - header / fig.get_figheight(),
-                        bottom=(legend + 0.05) / fig.get_figheight(), wspace=0.04, hspace=0.25)
-    fig.savefig(path, dpi=100)
-    return path
-
-
-@torch.no_grad()
-def visualize_prediction(
-    net: Segmentor,
-    image: Tensor,
-    out_dir: str | Path,
-    palette: np.ndarray | None = None,
-    class_names: Sequence[str] | None = None,
-    alpha: float = 0.5,
-) -> list[Path]:
-    """``prediction.png``, ``overlay.png``, ``predictions.png`` and ``aux_<name>.png`` for any
-    head (see the module docstring)."""
-    out_dir, batch, size, palette, names = _prepare(net, image, out_dir, palette, class_names)
-    out = net(batch)
-    label = predict(lambda _: out.logits.float(), batch)[0].argmax(0).cpu().numpy()
-    rgb = _denormalise(batch[0], net.backbone.mean, net.backbone.std)
-    written = [
-        _save(colorize(label, palette), out_dir / "prediction.png", size),
-        _save(overlay(rgb, label, palette, alpha), out_dir / "overlay.png", size),
-    ]
-    for name, logits in out.aux.items():
-        written.append(_save(colorize(_labels_at(logits, size), palette), out_dir / f"aux_{name}.png", size))
-    present = [int(k) for k in np.unique(label)]
-    written.append(_figure(
-        [(rgb, "image"), (colorize(label, palette), "prediction"),
-         (overlay(rgb, label, palette, alpha), "overlay")],
-        3, out_dir / "predictions.png", f"{type(net.head).__name__}", names, palette, present))
-    return written
-
-
-# --------------------------------------------------------------------------- PDN
-
-
-@contextmanager
-def bypass_pdn_modules(head: PDNHead) -> Iterator[None]:
-    """Run the network *without* its diffusion modules: each module's output is
-    ``x + W_out H``, so zeroing ``W_out`` (weight and bias, restored afterwards) passes ``x``
-    through unchanged, wherever the module sits."""
-    saved = [(m.proj_out.weight.detach().clone(), m.proj_out.bias.detach().clone()) for m in head.pdn]
-    try:
-        with torch.no_grad():
-            for m in head.pdn:
-                m.proj_out.weight.zero_()
-                m.proj_out.bias.zero_()
-        yield
-    finally:
-        with torch.no_grad():
-            for m, (w, b) in zip(head.pdn, saved):
-                m.proj_out.weight.copy_(w)
-                m.proj_out.bias.copy_(b)
-
-
-def receptive_field(net: Segmentor, image: Tensor, cell: tuple[int, int], class_index: int | None = None) -> tuple[np.ndarray, int]:
-    """The valid receptive field of one output site: ``|∂ logit / ∂ image|`` summed over the
-    colour channels (``H×W``), for the logit of ``class_index`` (default: the site's predicted
-    class) at grid cell ``cell`` of the network's output. Returns the map and the class."""
-    net.eval()
-    param = next(net.parameters())
-    x = (image if image.dim() == 4 else image[None]).to(param.device, param.dtype).clone().requires_grad_(True)
-    with torch.enable_grad():
-        logits = net(x).logits
-        gy, gx = cell
-        k = int(logits[0, :, gy, gx].argmax()) if class_index is None else class_index
-        (grad,) = torch.autograd.grad(logits[0, k, gy, gx], x)
-    return grad[0].abs().sum(0).float().cpu().numpy(), k
-
-
-def mass_area(values: np.ndarray, mass: float = 0.9) -> float:
-    """Share of the pixels that hold ``mass`` of the total (the smallest such set)."""
-    flat = np.sort(values.ravel())[::-1]
-    total = flat.sum()
-    if total <= 0:
-        return 0.0
-    return float((np.searchsorted(np.cumsum(flat), mass * total) + 1) / flat.size)
-
-
-def _heat_over(rgb: np.ndarray, values: np.ndarray, mark: tuple[int, int]) -> np.ndarray:
-    """Heat map (inferno, max-normalised) blended over the greyscale image, site marked."""
-    grey = rgb.astype(np.float32).mean(2, keepdims=True)
-    heat = heatmap(values / max(float(values.max()), 1e-12), "inferno").astype(np.float32)
-    blend = Image.fromarray((0.35 * grey + 0.65 * heat).clip(0, 255).astype(np.uint8))
-    y, x = mark
-    ImageDraw.Draw(blend).ellipse([x - 3, y - 3, x + 3, y + 3], outline=(0, 255, 0), width=2)
-    return np.asarray(blend)
-
-
-def visualize_pdn(
-    net: Segmentor,
-    image: Tensor,
-    out_dir: str | Path,
-    pixels: Sequence[tuple[int, int]] | None = None,
-    palette: np.ndarray | None = None,
-    class_names: Sequence[str] | None = None,
-) -> list[Path]:
-    """The PDN figures (module docstring): receptive fields with and without the diffusion
-    modules, and every diffusion layer's prediction."""
-    head = net.head
-    if not isinstance(head, PDNHead):
-        raise ValueError(f"visualize_pdn needs a PDN model (model=pdn), got {type(head).__name__}")
-    out_dir, batch, size, palette, names = _prepare(net, image, out_dir, palette, class_names)
-    rgb = _denormalise(batch[0], net.backbone.mean, net.backbone.std)
-    with torch.no_grad():
-        out = net(batch)
-    grid = tuple(out.logits.shape[-2:])
-    pixels = list(pixels) if pixels else default_pixels(size)
-    cells = grid_cells(pixels, size, grid)
-    written: list[Path] = []
-    panels: list[tuple[np.ndarray, str]] = []
-    for j, (pixel, cell) in enumerate(zip(pixels, cells), start=1):
-        with_modules, k = receptive_field(net, batch, cell)
-        with bypass_pdn_modules(head):
-            without, _ = receptive_field(net, batch, cell, class_index=k)
-        marked = _mark(rgb, pixel)
-        a_without, a_with = mass_area(without), mass_area(with_modules)
-        change = np.abs(with_modules - without)
-        share = float(change.max() / max(float(with_modules.max()), 1e-12))
-        panels += [
-            (marked, f"site {j} (y={pixel[0]}, x={pixel[1]}): {names[k]}"),
-            (_heat_over(rgb, without, pixel), f"without modules: 90% in {100 * a_without:.1f}%"),
-            (_heat_over(rgb, with_modules, pixel), f"with modules: 90% in {100 * a_with:.1f}%"),
-            (_heat_over(rgb, change, pixel), f"|with − without|: max {100 * share:.2g}% of with"),
-        ]
-        written.append(_save(_heat_over(rgb, with_modules, pixel), out_dir / f"receptive_field_pixel{j}.png", size))
-        written.append(_save(_heat_over(rgb, without, pixel), out_dir / f"receptive_field_pixel{j}_no_modules.png", size))
-    written.append(_figure(
-        panels, 4, out_dir / "receptive_field.png",
-        "Valid receptive field |∂ logit(site) / ∂ image| (PDN Fig. 4)\n"
-        "90% of the gradient mass lies in the given share of the image"))
-    final = _labels_at(out.logits, size)
-    layer_panels = [(rgb, "image")]
-    present: set[int] = set(np.unique(final).tolist())
-    for name, logits in out.aux.items():
-        labels = _labels_at(logits, size)
-        present |= set(np.unique(labels).tolist())
-        written.append(_save(colorize(labels, palette), out_dir / f"aux_{name}.png", size))
-        layer_panels.append((colorize(labels, palette), name))
-    layer_panels.append((colorize(final, palette), "final (classifier)"))
-    written.append(_figure(
-        layer_panels, min(len(layer_panels), 6), out_dir / "layers.png",
-        "Every diffusion layer's classifier (PDN Table 2), feature grid",
-        names, palette, sorted(k for k in present if k < len(names))))
-    return written
-
-
-def _mark(rgb: np.ndarray, pixel: tuple[int, int]) -> np.ndarray:
-    img = Image.fromarray(rgb.copy())
-    y, x = pixel
-    ImageDraw.Draw(img).ellipse([x - 3, y - 3, x + 3, y + 3], outline=(255, 0, 0), width=2)
-    return np.asarray(img)
-
-
-# --------------------------------------------------------------------------- DifNet composites
-
-
-def difnet_composites(out_dir: Path, files: Sequence[Path], walks: int, pixels: int,
-                      class_names: Sequence[str], palette: np.ndarray) -> list[Path]:
-    """``difnet_maps.png`` (image, score, influence, importance, seed, every walk) and
-    ``transitions.png`` (P_t rows: one row per pixel, one column per walk) from the PNGs
-    :func:`visualize` wrote."""
-    def read(name: str) -> np.ndarray | None:
-        path = out_dir / name
-        return np.asarray(Image.open(path).convert("RGB")) if path in set(files) else None
-
-    names = [("image.png", "image, pixels numbered"), ("score_argmax.png", "score map x"),
-             ("influence.png", "influence Σ|x|"), ("importance.png", "importance M"),
-             ("seed_argmax.png", "seed s = M ⊙ x")]
-    names += [(f"walk_{t}_argmax.png", f"after walk {t}") for t in range(1, walks + 1)]
-    panels = [(img, caption) for name, caption in names if (img := read(name)) is not None]
-    written = [_figure(panels, min(len(panels), 5), out_dir / "difnet_maps.png",
-                       "DifNet maps (paper Fig. 2 and 4)", class_names, palette,
-                       list(range(len(class_names))))]
-    rows = [(img, f"P_{t} row of pixel {j}") for j in range(1, pixels + 1) for t in range(1, walks + 1)
-            if (img := read(f"transition_t{t}_pixel{j}.png")) is not None]
-    if rows:  # one row per pixel, one column per walk
-        written.append(_figure(rows, max(walks, 2), out_dir / "transitions.png",
-                               "Rows of the transition matrices P_t (paper Fig. 3)", panel_inches=1.8))
-    return written
-
-
-def figures(
-    net: Segmentor,
-    image: Tensor,
-    out_dir: str | Path,
-    pixels: Sequence[tuple[int, int]] | None = None,
-    palette: np.ndarray | None = None,
-    class_names: Sequence[str] | None = None,
-    alpha: float = 0.5,
-) -> list[Path]:
-    """Every figure for the network's head: predictions for any head, plus PDN's receptive
-    fields and layers or DifNet's maps (module docstring)."""
-    palette = voc_colormap(net.num_classes) if palette is None else np.asarray(palette)
-    names = list(class_names) if class_names else [f"class_{k}" for k in range(net.num_classes)]
-    written = visualize_prediction(net, image, out_dir, palette, names, alpha)
-    if isinstance(net.head, PDNHead):
-        written += [p for p in visualize_pdn(net, image, out_dir, pixels, palette, names)
-                    if not p.name.startswith("aux_")]
-    elif isinstance(net.head, DifNetHead):
-        size = tuple(image.shape[-2:])
-        chosen = list(pixels) if pixels else default_pixels(size)
-        maps = visualize(net, image, out_dir, chosen, palette)
-        written += maps + difnet_composites(Path(out_dir), maps, len(net.head.walks), len(chosen), names, palette)
-    return written
-
-
-# --------------------------------------------------------------------------- the command
 
 
 # The values `--help` lists for the options that take one of a few.
@@ -551,7 +134,8 @@ def run_visualize(cfg: DictConfig) -> tuple[list[Path], Summary]:
     net, train_cfg = load_segmentor(cfg.ckpt_path)
     items, base = collect_inputs(str(cfg.input))
     net = net.to(device)
-    mean, std = normalisation(train_cfg, net)
+    # The figures draw the whole image as it is: eval's statistics, no resize or padding.
+    preprocessor = checkpoint_preprocessor(train_cfg, net)
     palette = checkpoint_palette(train_cfg, net.num_classes)
     names = list(train_cfg.class_names)
     output = Path(str(cfg.output))
@@ -562,25 +146,16 @@ def run_visualize(cfg: DictConfig) -> tuple[list[Path], Summary]:
         rgb = load_rgb_or_skip(item.path, summary.failed)
         if rgb is None:
             continue
-        image = _normalise(rgb, mean, std)
+        image = preprocessor.normalise_rgb(rgb)
         try:
-            files = figures(net, image, out_dir, pixels, palette, names, float(cfg.overlay_alpha))
+            files = figures(net, image, out_dir, pixels, palette, names, float(cfg.overlay_alpha),
+                            preprocessor)
         except ValueError as err:  # a pixel outside the image
             raise ConfigError(f"{item.path}: {err}") from None
         print(f"{item.path}: {len(files)} PNGs in {out_dir}", flush=True)
         written += files
         summary.written.append(item.name)
     return written, summary
-
-
-def _normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float() / 255
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-
-
-def load_image(path: str | Path, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Image file → normalised ``3×H×W`` float tensor (any mode converted to RGB)."""
-    return _normalise(load_rgb(Path(path)), mean, std)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,11 @@ class Preprocessor(nn.Module):
         scale = self.pixel_scale.to(pixels.device)
         return (pixels.float() - mean) * scale
 
+    def normalise_rgb(self, rgb: np.ndarray) -> Tensor:
+        """An ``H×W×3`` RGB array → the normalised ``3×H×W`` input, not padded (the figures
+        draw the image as it is)."""
+        return self.normalise(torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1))
+
     def denormalise(self, image: Tensor) -> Tensor:
         """A network input back to float RGB 0..255 (the dense CRF's colour kernel)."""
         mean = torch.tensor(self.mean, device=image.device).view(3, 1, 1)

@@ -20,6 +20,7 @@ from typing import Any
 
 import albumentations as A
 import cv2
+import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
@@ -46,6 +47,11 @@ class Pipeline:
         self.steps.set_random_seed(seed)
 
     def __call__(self, **data: Any) -> dict[str, Any]:
+        image = data.get("image")
+        if isinstance(image, np.ndarray) and not image.flags.writeable:
+            # PIL-backed arrays are read-only and torch warns when it wraps one (ToTensorV2
+            # does, when no step before it made a new array).
+            data["image"] = image.copy()
         out = self.steps(**data)
         image = out["image"]
         if self.pad:
