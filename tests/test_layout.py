@@ -9,6 +9,7 @@ import ast
 import copy
 import functools
 import pickle
+import re
 import subprocess
 import sys
 import tomllib
@@ -141,6 +142,22 @@ def test_every_command_resolves_under_its_names():
         assert callable(getattr(import_module(module), func)), target
     for command in ("train", "eval", "check", "prepare", "visualize"):
         assert import_module(f"diffusion_seg.{command}").main is import_module(f"diffusion_seg.cli.{command}").main
+
+
+def test_the_package_docstrings_list_the_real_commands():
+    """cli/__init__.py names every command module, bench/__init__.py every benchmark, and
+    the package ships its py.typed marker."""
+    from diffusion_seg.bench.__main__ import BENCHMARKS
+
+    commands = [p.stem for p in (PACKAGE / "cli").glob("*.py") if "def main(" in p.read_text()]
+    assert len(commands) >= 8
+    cli_doc = import_module("diffusion_seg.cli").__doc__
+    listed = cli_doc.split("``python -m diffusion_seg.<command>`` (", 1)[1].split(")", 1)[0]
+    assert sorted(re.split(r",\s*", listed)) == sorted(commands)
+    bench_doc = import_module("diffusion_seg.bench").__doc__
+    assert "<" + "|".join(BENCHMARKS) + ">" in bench_doc
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert all((PACKAGE / name).is_file() for name in package_data["diffusion_seg"])
 
 
 def pdn_net() -> Segmentor:

@@ -201,7 +201,3 @@ def main(argv: list[str] | None = None) -> None:
     print(header, flush=True)  # then each group's rows as soon as it is measured
     for rows in collect(args):
         print(table(HEADER, rows).split("\n", 2)[2], flush=True)
-
-
-if __name__ == "__main__":
-    main()

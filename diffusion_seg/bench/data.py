@@ -116,9 +116,3 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Training pipeline throughput ({args.samples} images × {args.repeats} passes, "
           "OpenCV 1 thread)\n")
     print("\n".join([header, rule, *rows]))
-
-
-if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])

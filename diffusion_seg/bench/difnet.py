@@ -27,7 +27,6 @@ noise. Table 4 reports times only (its parts share one network).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -338,7 +337,3 @@ def main(argv: list[str] | None = None) -> None:
         _table4(args, base)
     if args.train_step:
         _train_table(args, base)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -237,7 +237,3 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(document)
     print(document)
     print(f"written: {out}")
-
-
-if __name__ == "__main__":
-    main()

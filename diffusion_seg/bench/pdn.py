@@ -30,7 +30,6 @@ modules-alone rows have no backbone in their process).
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,7 +283,3 @@ def main(argv: list[str] | None = None) -> None:
     if lg is not None:
         print(f"\nLG-LSTM / PDNs-24NB-1Module, modules alone, forward: {lg}× per round "
               f"(paper: {PAPER_LG_LSTM_MS / PAPER_MODULE_MS:.2f}×)")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -42,7 +42,6 @@ peak resident set (CPU) or peak allocated memory (CUDA), against ``--budget-gb``
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from diffusion_seg.bench.common import (
@@ -325,7 +324,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n## DifNet training step at {args.large}×{args.large}, batch 1, "
               f"{args.device} {args.dtype}: one step in a fresh process\n", flush=True)
         large_rows(args)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

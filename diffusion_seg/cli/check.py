@@ -141,7 +141,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems += len(scan.problems)
     print(f"\n{problems} problem(s) found" if problems else "\nno problems found")
     return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -98,7 +98,3 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     hydra_command(_main, "eval")
-
-
-if __name__ == "__main__":
-    main()

@@ -127,7 +127,3 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     hydra_command(_main, "export")
-
-
-if __name__ == "__main__":
-    main()

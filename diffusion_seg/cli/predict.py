@@ -131,7 +131,3 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     hydra_command(_main, "predict")
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,7 +69,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             prepare_ade20k(args.zip, args.out, args.allow_partial)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

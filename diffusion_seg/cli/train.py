@@ -261,7 +261,3 @@ def main() -> float | None:
     with user_errors():
         check_cluster_plugins(sys.argv[1:])
     return hydra_command(_main, "train")
-
-
-if __name__ == "__main__":
-    main()

@@ -32,27 +32,10 @@ momentum can never make them drift from zero. Eq. 1 is computed in one of two fo
   gate output, none on the zeros; its backward (:class:`_GatheredRingGates`) is two batched
   products and K² shifted additions, recomputing the gathered inputs instead of storing them.
 
-Measured on CPU (AMD EPYC, 2 threads, glibc malloc keeping freed memory — see
-:mod:`diffusion_seg.runtime`), Eq. 1 of one layer, d = 256, 41×41 grid, batch 1, ms:
-
-=================================================  ===========  ================
-formulation                                         forward      forward+backward
-=================================================  ===========  ================
-8NB: fused grouped convolution                      3.7          16.4
-8NB: gathered taps (kept on CPU)                    3.2          10.9
-24NB: fused grouped convolution                     12.7         51
-24NB: one depthwise convolution per ring, summed    15.5         46–54
-24NB: gathered taps (kept on CPU)                   7.7          25–28
-48NB: one depthwise convolution per ring, summed    36.5         114
-48NB: gathered taps (kept on CPU)                   16.7         50
-=================================================  ===========  ================
-
-oneDNN's grouped convolution with 4(E+1) outputs per group computes its weight gradient at
-about 10 GFLOP/s (26 of the 33 ms of the 5×5 ring's backward); the batched products of the
-gathered form run that step in 5 ms. On the tiny setting (batch 16, d = 64, 8×8 grid, 1
-thread) the gathered form is 9.3 ms against 12.1 ms at 24NB. Channels-last slows the CPU
-backward of the grouped convolution (oneDNN); the gate math keeps the memory format of its
-input, so a channels-last input stays channels-last through the module on a GPU.
+The gathered form is the faster one on CPU, the fused convolution the one for GPU; the
+timings that chose them are in the documentation. Channels-last slows the CPU backward of the
+grouped convolution (oneDNN); the gate math keeps the memory format of its input, so a
+channels-last input stays channels-last through the module on a GPU.
 
 Placement
 ---------
