@@ -142,8 +142,11 @@ def test_loss_and_softmax_stay_float32_under_bf16_autocast(tmp_path, monkeypatch
         seen.setdefault("scores", out.dtype)  # mean softmax of two scales
         return out
 
-    task_module_ce, task_module_predict = task_module.cross_entropy, task_module.predict
-    monkeypatch.setattr(task_module, "cross_entropy", spy_ce)
+    import diffusion_seg.models.losses as losses_module
+
+    # the training loss (models.losses.segmentation_loss) calls its module's cross_entropy
+    task_module_ce, task_module_predict = losses_module.cross_entropy, task_module.predict
+    monkeypatch.setattr(losses_module, "cross_entropy", spy_ce)
     monkeypatch.setattr(task_module, "predict", spy_predict)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = task.training_step(batch, 0)
