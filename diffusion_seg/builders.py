@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_seg.config import as_config_error, instantiate_node, unknown_option_error
+from diffusion_seg.data.preprocess import Preprocessor
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.compile import check_compile_options, compile_network
@@ -61,8 +62,9 @@ def build_datamodule(cfg: DictConfig, backbone: TimmBackbone) -> Any:
     """The DataModule, normalised like the backbone's pretraining, padded for evaluation to a
     multiple of its output stride and seeded (augmentations, distributed sampler) by the run's
     ``seed`` — unless the dataset config sets these itself."""
-    defaults = {"mean": list(backbone.mean), "std": list(backbone.std),
-                "size_divisor": max(backbone.reductions), "seed": cfg.seed}
+    default = Preprocessor.for_backbone(backbone)
+    defaults = {"mean": list(default.mean), "std": list(default.std),
+                "size_divisor": default.size_divisor, "seed": cfg.seed}
     kwargs = {k: v for k, v in defaults.items() if OmegaConf.select(cfg.dataset, k) is None}
     return instantiate_node(cfg, "dataset", **kwargs)
 

@@ -79,8 +79,7 @@ def _save(
 
 def _rgb(net: Segmentor, image: Tensor, preprocessor: Preprocessor | None) -> np.ndarray:
     """The network input back in RGB: ``preprocessor``'s, else the backbone's statistics."""
-    backbone = net.backbone
-    return (preprocessor or Preprocessor(backbone.mean, backbone.std)).to_rgb(image)
+    return (preprocessor or Preprocessor.for_backbone(net.backbone)).to_rgb(image)
 
 
 def _prepare(

@@ -166,10 +166,10 @@ def checkpoint_preprocessor(run_config: DictConfig, net: Segmentor, resize: int 
     """The input pipeline the network was evaluated with: the dataset config's mean / std and
     padding multiple if it set them, else the backbone's (as training set them), and its
     ``dataset.eval_resize`` unless ``resize`` is given."""
-    backbone = net.backbone
-    mean = OmegaConf.select(run_config, "dataset.mean") or backbone.mean
-    std = OmegaConf.select(run_config, "dataset.std") or backbone.std
-    divisor = OmegaConf.select(run_config, "dataset.size_divisor") or max(backbone.reductions)
+    default = Preprocessor.for_backbone(net.backbone)
+    mean = OmegaConf.select(run_config, "dataset.mean") or default.mean
+    std = OmegaConf.select(run_config, "dataset.std") or default.std
+    divisor = OmegaConf.select(run_config, "dataset.size_divisor") or default.size_divisor
     if resize is None:
         resize = OmegaConf.select(run_config, "dataset.eval_resize")
     return Preprocessor(mean, std, int(divisor), resize)

@@ -68,6 +68,12 @@ class Preprocessor(nn.Module):
         self.register_buffer("pixel_mean", torch.from_numpy(scaled_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_scale", torch.from_numpy(reciprocal).view(3, 1, 1), persistent=False)
 
+    @classmethod
+    def for_backbone(cls, backbone: Any, resize: int | None = None) -> Preprocessor:
+        """The pipeline a network on ``backbone`` is trained with unless its dataset config
+        says otherwise: the backbone's pretraining statistics, padded to its output stride."""
+        return cls(backbone.mean, backbone.std, max(backbone.reductions), resize)
+
     def extra_repr(self) -> str:
         return f"mean={self.mean}, std={self.std}, size_divisor={self.size_divisor}, resize={self.resize}"
 

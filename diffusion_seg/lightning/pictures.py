@@ -49,14 +49,13 @@ log = logging.getLogger(__name__)
 
 
 def batch_preprocessor(trainer: L.Trainer, pl_module: L.LightningModule) -> Preprocessor:
-    """What made the evaluated batches: the task's (the DataModule's) preprocessor, else the
-    trainer's DataModule's, else the backbone's statistics."""
-    found = getattr(pl_module, "preprocessor", None) or getattr(
-        getattr(trainer, "datamodule", None), "preprocessor", None)
+    """What made the evaluated batches: the task's (:attr:`SegmentationTask.preprocessor
+    <diffusion_seg.lightning.task.SegmentationTask.preprocessor>`, the DataModule's); for
+    another module the trainer's DataModule's, else the backbone's statistics."""
+    found = getattr(pl_module, "preprocessor", None)
     if found is None:
-        backbone = pl_module.net.backbone  # type: ignore[attr-defined]
-        found = Preprocessor(backbone.mean, backbone.std, max(backbone.reductions))
-    return found
+        found = getattr(getattr(trainer, "datamodule", None), "preprocessor", None)
+    return Preprocessor.for_backbone(pl_module.net.backbone) if found is None else found  # type: ignore[attr-defined]
 
 
 def dataset_palette(trainer: L.Trainer, num_classes: int) -> np.ndarray:

@@ -204,10 +204,7 @@ class SegmentationTask(L.LightningModule):
         """What made the batches' images: the DataModule's, else the backbone's statistics."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         found = getattr(datamodule, "preprocessor", None)
-        if found is None:
-            backbone = self.net.backbone
-            found = Preprocessor(backbone.mean, backbone.std, max(backbone.reductions))
-        return found
+        return Preprocessor.for_backbone(self.net.backbone) if found is None else found
 
     def _rgb(self, batch: dict[str, Any]) -> Tensor:
         """The batch's images back in RGB 0..255 (the dense CRF's colour kernel)."""
