@@ -132,3 +132,21 @@ def load_segmentor(ckpt_path: str | Path) -> tuple[Segmentor, DictConfig]:
     net = build_segmentor(cfg, num_classes=len(cfg.class_names), pretrained=False)
     net.load_state_dict(network_state(checkpoint))
     return net.eval(), cfg
+
+
+def checkpoint_progress(checkpoint: dict[str, Any]) -> tuple[int, int]:
+    """``(epoch, step)`` of a checkpoint's weights
+    (:meth:`~diffusion_seg.lightning.task.SegmentationTask.progress`).
+
+    Lightning's own ``epoch`` field is its epoch counter at saving time, which differs for the
+    same weights: 0 when saved at the first validation, 1 when saved as the run ends after
+    that epoch. The fit loop's count of epochs processed to their end is 1 in both."""
+    loops = checkpoint.get("loops") or {}
+    epochs = loops.get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
+    return int(checkpoint.get("epoch", 0) if epochs is None else epochs), int(checkpoint.get("global_step", 0))
+
+
+def read_checkpoint_progress(path: str | Path) -> tuple[int, int]:
+    """:func:`checkpoint_progress` of a checkpoint file; memory-mapped, so its tensors are
+    not read."""
+    return checkpoint_progress(torch.load(path, map_location="cpu", weights_only=True, mmap=True))

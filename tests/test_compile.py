@@ -19,10 +19,10 @@ from torch import nn
 from torch._dynamo import lookup_backend, register_backend
 
 from diffusion_seg.builders import build_segmentor, build_task, compile_from_config
-from diffusion_seg.data.preprocess import Preprocessor
-from diffusion_seg.inference import Predictor
-from diffusion_seg.errors import ConfigError
 from diffusion_seg.checkpoints import load_checkpoint_file
+from diffusion_seg.data.preprocess import Preprocessor
+from diffusion_seg.errors import ConfigError
+from diffusion_seg.inference import Predictor
 from diffusion_seg.models.compile import COMPILE_MODES, compile_network, explain_graph_breaks
 
 from .conftest import FAST_TRAIN, compose_config, run_cli, run_dirs

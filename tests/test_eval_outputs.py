@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from diffusion_seg.lightning.task import read_checkpoint_progress
+from diffusion_seg.checkpoints import read_checkpoint_progress
 from diffusion_seg.metrics import SegmentationMetrics
 from diffusion_seg.plots import (
     CONFUSION_FILES,

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 import diffusion_seg
+from diffusion_seg.checkpoints import load_checkpoint_file, load_segmentor, upgrade_config
 from diffusion_seg.config import compose_config, renamed_key_error
 from diffusion_seg.errors import ConfigError
-from diffusion_seg.checkpoints import load_checkpoint_file, load_segmentor, upgrade_config
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.pdn import PDNHead
 from diffusion_seg.models.segmentor import Segmentor

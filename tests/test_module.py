@@ -7,13 +7,14 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from diffusion_seg.checkpoints import read_checkpoint_progress
 from diffusion_seg.lightning import task as task_module
 from diffusion_seg.lightning.loggers import ResumableCSVLogger
+from diffusion_seg.lightning.task import SegmentationTask
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.heads import FCNHead, SegmentationHead, SegmentationOutput
-from diffusion_seg.models.segmentor import Segmentor
-from diffusion_seg.lightning.task import SegmentationTask, read_checkpoint_progress
 from diffusion_seg.models.losses import cross_entropy
+from diffusion_seg.models.segmentor import Segmentor
 
 
 class TwoOutputHead(SegmentationHead):

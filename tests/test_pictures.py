@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion_seg.data.transforms import build_eval_transform
 from diffusion_seg.data.preprocess import Preprocessor
+from diffusion_seg.data.transforms import build_eval_transform
 from diffusion_seg.lightning.pictures import image_sizes
 
 MEAN = (0.485, 0.456, 0.406)

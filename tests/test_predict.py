@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from diffusion_seg.checkpoints import load_segmentor
 from diffusion_seg.cli.predict import run_predict
 from diffusion_seg.config import compose_config
 from diffusion_seg.data.base import read_image
+from diffusion_seg.data.preprocess import Preprocessor
 from diffusion_seg.data.transforms import build_eval_transform
 from diffusion_seg.errors import BadSampleError, ConfigError, UserError
-from diffusion_seg.checkpoints import load_segmentor
-from diffusion_seg.data.preprocess import Preprocessor
 from diffusion_seg.inference import Predictor, collect_inputs, load_rgb
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.heads import DeepLabV2Head

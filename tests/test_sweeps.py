@@ -13,9 +13,8 @@ import pytest
 import torch
 import yaml
 
-from diffusion_seg.errors import ConfigError
 from diffusion_seg.checkpoints import load_checkpoint_file
-from diffusion_seg.errors import CheckpointNotFoundError
+from diffusion_seg.errors import CheckpointNotFoundError, ConfigError
 from diffusion_seg.jobs import (
     CONFIG_FILE,
     FINISHED_FILE,

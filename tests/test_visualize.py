@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
+from diffusion_seg.analysis import grid_cells
+from diffusion_seg.cli.visualize import main
+from diffusion_seg.data.base import voc_colormap
+from diffusion_seg.data.preprocess import Preprocessor
+from diffusion_seg.figures import colorize_scalar, visualize
+from diffusion_seg.inference import load_rgb
 from diffusion_seg.models.backbone import TimmBackbone
 from diffusion_seg.models.difnet import DifNetHead
 from diffusion_seg.models.heads import DeepLabV2Head
 from diffusion_seg.models.segmentor import Segmentor
-from diffusion_seg.analysis import grid_cells
-from diffusion_seg.cli.visualize import main
-from diffusion_seg.data.preprocess import Preprocessor
-from diffusion_seg.figures import colorize_scalar, visualize
-from diffusion_seg.inference import load_rgb
-from diffusion_seg.data.base import voc_colormap
 
 
 def tiny_difnet(walks: int = 3) -> Segmentor:
@@ -91,8 +91,8 @@ def test_main_needs_a_checkpoint(tmp_path: Path, capsys) -> None:
 
 from diffusion_seg.analysis import bypass_pdn_modules, mass_area, receptive_field  # noqa: E402
 from diffusion_seg.cli.visualize import translate_legacy  # noqa: E402
-from diffusion_seg.figures import figures  # noqa: E402
 from diffusion_seg.errors import ConfigError  # noqa: E402
+from diffusion_seg.figures import figures  # noqa: E402
 from diffusion_seg.models.pdn import PDNHead  # noqa: E402
 
 

@@ -25,13 +25,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion_seg import CONFIG_DIR
 from diffusion_seg.builders import build_datamodule, build_task, compile_from_config
+from diffusion_seg.checkpoints import load_segmentor, read_checkpoint_progress
 from diffusion_seg.cli.console import log, print_config
 from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.config import instantiate_node, register_resolvers
 from diffusion_seg.errors import ConfigError
-from diffusion_seg.checkpoints import load_segmentor
 from diffusion_seg.lightning.pictures import PredictionWriter
-from diffusion_seg.lightning.task import PROGRESS_KEYS, read_checkpoint_progress
+from diffusion_seg.lightning.task import PROGRESS_KEYS
 from diffusion_seg.plots import write_eval_reports
 from diffusion_seg.runtime import keep_freed_memory
 

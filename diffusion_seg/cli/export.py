@@ -27,12 +27,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_seg import CONFIG_DIR
+from diffusion_seg.checkpoints import load_segmentor
 from diffusion_seg.cli.console import log
 from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.config import register_resolvers
 from diffusion_seg.deploy import FORMATS, INPUT_DTYPES, SUFFIXES, ExportResult, export, sample_input
 from diffusion_seg.errors import ConfigError, UserError
-from diffusion_seg.checkpoints import load_segmentor
 from diffusion_seg.inference import checkpoint_palette, checkpoint_preprocessor, load_rgb
 
 register_resolvers()

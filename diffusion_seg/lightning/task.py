@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -11,10 +10,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from diffusion_seg.checkpoints import CONFIG_KEY
+from diffusion_seg.checkpoints import CONFIG_KEY, checkpoint_progress
+from diffusion_seg.data.preprocess import Preprocessor
 from diffusion_seg.lightning.progress import crf_progress
 from diffusion_seg.lightning.safety import FiniteStepGuard
-from diffusion_seg.data.preprocess import Preprocessor
 from diffusion_seg.metrics import ContextMetrics, SegmentationMetrics, format_context, format_table
 from diffusion_seg.models.crf import DenseCRF
 from diffusion_seg.models.inference import predict, scores_are_logits
@@ -28,23 +27,6 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 # call (metrics.csv's step column, TensorBoard's x axis) and ModelCheckpoint fills a file name's
 # {epoch}/{step} from them. They label the weights; they are not metrics.
 PROGRESS_KEYS = ("epoch", "step")
-
-
-def checkpoint_progress(checkpoint: dict[str, Any]) -> tuple[int, int]:
-    """``(epoch, step)`` of a checkpoint's weights (:meth:`SegmentationTask.progress`).
-
-    Lightning's own ``epoch`` field is its epoch counter at saving time, which differs for the
-    same weights: 0 when saved at the first validation, 1 when saved as the run ends after
-    that epoch. The fit loop's count of epochs processed to their end is 1 in both."""
-    loops = checkpoint.get("loops") or {}
-    epochs = loops.get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
-    return int(checkpoint.get("epoch", 0) if epochs is None else epochs), int(checkpoint.get("global_step", 0))
-
-
-def read_checkpoint_progress(path: str | Path) -> tuple[int, int]:
-    """:func:`checkpoint_progress` of a checkpoint file; memory-mapped, so its tensors are
-    not read."""
-    return checkpoint_progress(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
 
 
 class SegmentationTask(L.LightningModule):
