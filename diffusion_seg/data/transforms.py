@@ -15,7 +15,6 @@ implementation every other path into the network uses too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from typing import Any
 
 import albumentations as A
@@ -37,10 +36,6 @@ class Pipeline:
         self.steps = steps
         self.preprocessor = preprocessor
         self.pad = pad
-
-    @property
-    def transforms(self) -> list[Any]:
-        return list(self.steps.transforms)
 
     def set_random_seed(self, seed: int) -> None:
         """Seed the augmentations (:func:`diffusion_seg.lightning.datamodule.seed_worker`)."""
