@@ -128,7 +128,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
 def load_rgb_or_skip(path: Path, failed: list[tuple[Path, str]]) -> np.ndarray | None:
     """:func:`load_rgb`, or ``None`` for an unreadable file: named in a warning now and added
-    to ``failed`` for :func:`exit_if_any_failed` (predict and visualize go on with the others)."""
+    to ``failed`` (predict and visualize go on with the others, then name them all)."""
     try:
         return load_rgb(path)
     except BadSampleError as err:

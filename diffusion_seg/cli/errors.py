@@ -6,15 +6,20 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from diffusion_seg.errors import UserError
 from diffusion_seg.validation import check_command_line
+
+if TYPE_CHECKING:  # a type only: every command imports this module, not all need torch
+    from diffusion_seg.inference import Summary
 
 T = TypeVar("T")
 
 # What a command exits with on a user error (argparse and Hydra use 2 for bad usage too).
 USER_ERROR_EXIT = 2
+# Exit status when some inputs could not be read (the others are written).
+SOME_FAILED_EXIT = 1
 
 
 def error_line(err: UserError) -> str:
@@ -93,3 +98,14 @@ def one_line_usage_errors() -> Iterator[None]:
     finally:
         argparse.ArgumentParser.error = original_error  # type: ignore[method-assign]
         argparse.ArgumentParser.parse_known_args = original_parse  # type: ignore[method-assign]
+
+
+def exit_if_any_failed(summary: Summary) -> None:
+    """After the readable inputs are written (predict, visualize): name every skipped file of
+    the summary on stderr and exit with
+    :data:`SOME_FAILED_EXIT`; nothing when all were read."""
+    if summary.failed:
+        lines = "\n".join(f"  {message}" for _, message in summary.failed)
+        print(f"error: {len(summary.failed)} of {len(summary.failed) + len(summary.written)} "
+              f"input(s) could not be read and were skipped:\n{lines}", file=sys.stderr, flush=True)
+        raise SystemExit(SOME_FAILED_EXIT)

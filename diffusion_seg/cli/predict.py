@@ -23,7 +23,6 @@ does the same from Python); this module parses the options and reports.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from diffusion_seg import CONFIG_DIR
 from diffusion_seg.builders import compile_from_config
 from diffusion_seg.checkpoints import load_segmentor
 from diffusion_seg.cli.console import log, print_config
-from diffusion_seg.cli.errors import hydra_command, user_errors
+from diffusion_seg.cli.errors import exit_if_any_failed, hydra_command, user_errors
 from diffusion_seg.config import register_resolvers
 from diffusion_seg.errors import ConfigError, UserError
 from diffusion_seg.inference import (
@@ -55,20 +54,6 @@ register_resolvers()
 
 # The values `--help` lists for the options that take one of a few.
 OPTION_CHOICES = {"device": DEVICES}
-# Exit status when some inputs could not be read (the others are written).
-SOME_FAILED_EXIT = 1
-
-
-def exit_if_any_failed(summary: Summary) -> None:
-    """After the readable inputs are written: name every skipped file on stderr and exit with
-    :data:`SOME_FAILED_EXIT`; nothing when all were read."""
-    if summary.failed:
-        lines = "\n".join(f"  {message}" for _, message in summary.failed)
-        print(f"error: {len(summary.failed)} of {len(summary.failed) + len(summary.written)} "
-              f"input(s) could not be read and were skipped:\n{lines}", file=sys.stderr, flush=True)
-        raise SystemExit(SOME_FAILED_EXIT)
-
-
 def _progress(total: int) -> Any:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)

@@ -24,8 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion_seg.cli.console import command_help
-from diffusion_seg.cli.errors import user_errors
-from diffusion_seg.cli.predict import exit_if_any_failed
+from diffusion_seg.cli.errors import exit_if_any_failed, user_errors
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.figures import figures
 from diffusion_seg.inference import (
@@ -159,7 +158,7 @@ def run_visualize(cfg: DictConfig) -> tuple[list[Path], Summary]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command; 0 when every image was drawn, else :func:`~diffusion_seg.cli.predict.exit_if_any_failed`
+    """The command; 0 when every image was drawn, else :func:`~diffusion_seg.cli.errors.exit_if_any_failed`
     exits with 1 after the others."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
