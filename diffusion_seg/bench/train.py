@@ -9,8 +9,9 @@ A step is what ``SegmentationTask.training_step`` and Lightning do per batch: fo
 loss (``models.losses.segmentation_loss``: cross-entropy on the main logits plus
 ``task.aux_weight`` × that of every auxiliary output, in float32), backward, and the optimizer
 step (SGD with the task's two learning-rate groups, ``Segmentor.param_groups``), gradients
-zeroed first. ``--dtype bfloat16`` runs forward and loss under autocast, as ``trainer=gpu`` does. Networks come from the project's configs
-(``compose_config`` + ``build_segmentor``), so each head has its options of:
+zeroed first. ``--dtype bfloat16`` runs forward and loss under autocast, as ``trainer=gpu``
+does. Networks come from the project's configs (``compose_config`` + ``build_segmentor``), so
+each head has its options of:
 
 * ``tiny``: the built-in benchmark (``experiment=pathfinder_<head>``: ``test_resnet`` at
   output stride 8 from scratch, 64×64 input, batch 16, 4 classes, the head options of the
