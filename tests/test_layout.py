@@ -86,24 +86,14 @@ def test_the_job_record_and_the_checkpoint_reader_stand_below_training_and_repor
     assert not {m for m in reporting if m.startswith("diffusion_seg.lightning")}
 
 
-# lightning/sweeps.py re-exports three job-record names for bench/oracle.py (not ours to edit
-# yet); it holds no code of its own.
-LIGHTNING_SHIMS = {"sweeps"}
-
-
 def test_the_lightning_package_holds_only_lightning_code():
     for path in sorted((PACKAGE / "lightning").glob("*.py")):
-        if path.stem in ("__init__", *LIGHTNING_SHIMS):
+        if path.stem == "__init__":
             continue
         tree = ast.parse(path.read_text())
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
         assert top_level(imported) & set(LIGHTNING), f"{path.name} uses no Lightning: move it out of lightning/"
-    shim = ast.parse((PACKAGE / "lightning" / "sweeps.py").read_text())
-    assert not [n for n in shim.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-    users = [p for p in (*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"))
-             if "diffusion_seg.lightning.sweeps" in p.read_text() and p.name != "test_layout.py"]
-    assert {p.relative_to(ROOT).as_posix() for p in users} <= {"diffusion_seg/bench/oracle.py"}
 
 
 # What each module of models/ may import from models/: a model family (one file per paper or

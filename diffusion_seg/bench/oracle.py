@@ -42,7 +42,7 @@ from diffusion_seg.config import compose_config
 from diffusion_seg.data.pathfinder import CELL, PathfinderDataset, flood_oracle
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.lightning.datamodule import dataset_factory_from_config
-from diffusion_seg.lightning.sweeps import job_overrides, write_finished, write_yaml_atomic
+from diffusion_seg.jobs import job_overrides, write_finished, write_yaml_atomic
 from diffusion_seg.studies import CONFIG_FILE, JOB_FILE, job_record
 from diffusion_seg.metrics import ContextMetrics, SegmentationMetrics, format_context, format_table
 from diffusion_seg.models.inference import resize_logits
@@ -114,7 +114,7 @@ def add_to_sweep(sweep: Path) -> list[Path]:
         job = sweep / f"oracle_{n}"
         job.mkdir(parents=True, exist_ok=True)
         overrides = [ROW, *overrides]
-        # The records a training job writes (diffusion_seg.lightning.sweeps.record_attempt): the
+        # The records a training job writes (diffusion_seg.jobs.record_attempt): the
         # report reads these, not .hydra/.
         write_yaml_atomic(job / CONFIG_FILE, {"study": study, "dataset": dataset})
         start = time.time()
@@ -153,8 +153,3 @@ def main(argv: list[str] | None = None) -> None:
         (args.out / "metrics.yaml").write_text(yaml.safe_dump(metrics, sort_keys=False))
         print(f"metrics written to {args.out / 'metrics.yaml'}")
 
-
-if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])

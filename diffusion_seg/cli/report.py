@@ -25,7 +25,6 @@ logs the table to the sweep's W&B group (offline works).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,6 +107,3 @@ def main(argv: Sequence[str] | None = None) -> int:
           + (f", {unfinished} unfinished" if unfinished else "") + f": {out / 'report.md'}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -45,7 +45,8 @@ class Preprocessor(nn.Module):
     into exported programs (:class:`diffusion_seg.deploy.DeployableSegmentor`).
 
     Args:
-        mean / std: per-channel statistics on the 0..1 scale.
+        mean: per-channel mean on the 0..1 scale.
+        std: per-channel standard deviation on the 0..1 scale.
         size_divisor: evaluation padding multiple (the backbone's output stride).
         resize: evaluation resizes the longest side to this first (``dataset.eval_resize``).
     """

@@ -33,7 +33,8 @@ momentum can never make them drift from zero. Eq. 1 is computed in one of two fo
   products and K² shifted additions, recomputing the gathered inputs instead of storing them.
 
 The gathered form is the faster one on CPU, the fused convolution the one for GPU; the
-timings that chose them are in the documentation. Channels-last slows the CPU backward of the
+timings that chose them are in docs/benchmarks.md (Eq. 1: fused convolution vs gathered
+taps). Channels-last slows the CPU backward of the
 grouped convolution (oneDNN); the gate math keeps the memory format of its input, so a
 channels-last input stays channels-last through the module on a GPU.
 
