@@ -357,11 +357,13 @@ def _seeded(row: Row, key: str) -> dict[str, float] | None:
     return values
 
 
-def deltas(rows: Sequence[Row], baseline: Row, split: str, paired: bool = False) -> tuple[dict[int, str], list[str]]:
-    """The ``Δ mIoU vs <baseline>`` cell of each row (by ``id``) and the sentences saying how
-    the intervals were computed (Welch; with ``paired``, the paired t interval where the seeds
-    of a row are the baseline's)."""
-    key = f"{split}/mIoU"
+def deltas(rows: Sequence[Row], baseline: Row, split: str, paired: bool = False,
+           metric: str = "mIoU") -> tuple[dict[int, str], list[str]]:
+    """The ``Δ <metric> vs <baseline>`` cell of each row (by ``id``) and the sentences saying
+    how the intervals were computed (Welch; with ``paired``, the paired t interval where the
+    seeds of a row are the baseline's). ``metric``: a logged key below the split (``mIoU``,
+    ``color_acc/far_misleading``)."""
+    key = f"{split}/{metric}"
     base = list(baseline.values(key).values())
     base_seeds = _seeded(baseline, key)
     cells: dict[int, str] = {}
@@ -378,7 +380,7 @@ def deltas(rows: Sequence[Row], baseline: Row, split: str, paired: bool = False)
             cells[id(row)] = _fmt_delta(*welch_interval(list(row.values(key).values()), base))
             welch_rows.append(row.setting)
     name = f"`{baseline.setting}`"
-    notes = [f"Δ mIoU vs {name}: the mean {split} mIoU of the row minus the baseline's, in mIoU "
+    notes = [f"Δ {metric} vs {name}: the mean {split} {metric} of the row minus the baseline's, in "
              "points, with its 95 % confidence interval; `[n<2]`: fewer than two runs on a side, "
              "no interval."]
     welch = ("Welch's interval (unequal variances; t quantile with the Welch–Satterthwaite "
@@ -583,8 +585,20 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
                   "the misleading ones (nearest cue of another colour; far: ≥ 4 cells from the cue), "
                   "in %, mean ± standard deviation over seeds.", "",
                   "| setting | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        # The question a pathfinder study asks (issue 20): does a head beat the baseline far
+        # from the cue, on the pixels whose nearest cue misleads? Its interval, beside mIoU's.
+        far = "color_acc/far_misleading"
+        far_cells: dict[int, str] = {}
+        if baseline is not None and far in baseline.stats:
+            far_cells, far_notes = deltas([r for r in rows if far in r.stats], baseline, split, paired, far)
+            lines[-2] += f" Δ {far.partition('/')[2]} vs `{baseline.setting}` |"
+            lines[-1] += "---|"
         for row in rows:
-            lines.append(f"| `{row.setting}` | " + " | ".join(_fmt(row.stats.get(k)) for k in context) + " |")
+            cells = [_fmt(row.stats.get(k)) for k in context]
+            cells += [far_cells.get(id(row), "–")] if far_cells else []
+            lines.append(f"| `{row.setting}` | " + " | ".join(cells) + " |")
+        if far_cells:
+            lines += ["", *far_notes]
     unfinished = [r for r in runs if r.status != "finished"]
     lines += ["", f"## Runs: {len(runs) - len(unfinished)} finished, {len(unfinished)} not", ""]
     lines += [f"- {r.status}: `{relative(r.path, base)}` ({' '.join(r.overrides) or 'defaults'})" for r in unfinished]

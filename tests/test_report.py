@@ -433,6 +433,30 @@ def test_pathfinder_context_table(tmp_path, capsys):
     assert "| `model=unet` | – | – |" in table
 
 
+def test_far_misleading_difference_to_the_baseline_with_its_paired_interval(tmp_path, capsys):
+    """With --baseline, the context table carries each row's far-misleading colour accuracy
+    minus the baseline's, with its interval (paired over the shared seeds here)."""
+    from scipy import stats
+
+    sweep = tmp_path / "sweep"
+    far = {"fcn": (0.60, 0.62, 0.70), "pdn": (0.90, 0.95, 0.93)}
+    num = 0
+    for model, seeds in far.items():
+        for seed, value in enumerate(seeds, 1):
+            logged = {**metrics(0.5), "test/color_acc": 0.9, "test/color_acc/far_misleading": value}
+            make_job(sweep, num, ["study=toy", f"model={model}", f"seed={seed}"], logged, STUDY)
+            num += 1
+    assert run(capsys, sweep, "--baseline", "fcn", "--paired")[0] == 0
+    table = (sweep / "report.md").read_text().split("(context)")[1]
+    assert "| setting | all | far_misleading | Δ far_misleading vs `model=fcn` |\n" in table
+    diffs = [100 * (p - f) for p, f in zip(far["pdn"], far["fcn"])]
+    ci = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+    row = next(line for line in table.splitlines() if line.startswith("| `model=pdn` |"))
+    assert row.endswith(f"| {statistics.fmean(diffs):+.2f} [{ci.low:+.2f}, {ci.high:+.2f}] |")
+    assert next(line for line in table.splitlines() if line.startswith("| `model=fcn` |")).endswith("| baseline |")
+    assert "Δ color_acc/far_misleading vs `model=fcn`" in table
+
+
 def test_no_context_table_without_context_metrics(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     make_job(sweep, 0, ["model=fcn"], metrics(0.4))

@@ -96,21 +96,28 @@ def test_a_study_runs_and_the_report_matches_its_runs(tmp_path):
     assert (sweep / "report.png").stat().st_size > 5000
 
 
-@pytest.mark.parametrize("name", ["builtin_heads_difficulty", "builtin_pdn_layers_neighbors",
-                                  "builtin_difnet_walks"])
+@pytest.mark.parametrize("name", ["builtin_heads_far", "builtin_heads_difficulty",
+                                  "builtin_pdn_layers_neighbors", "builtin_difnet_walks"])
 def test_the_committed_miniature_reports_hold_3_finished_seeds_per_setting(name):
-    """experiments/reports/<study>/: the report names its command; every setting has n = 3
-    and every run of runs.csv finished (what `make study` writes)."""
+    """experiments/reports/<study>/: the report names its command; every trained setting has
+    n = 3 (the non-learned oracle row, where there is one, n = 1) and every run of runs.csv
+    finished (what `make study` writes)."""
     import csv
+
+    from diffusion_seg.bench.oracle import ROW
 
     folder = Path(__file__).parents[1] / "experiments" / "reports" / name
     report = (folder / "report.md").read_text()
     assert f"python -m diffusion_seg.train -m study={name}" in report
-    rows = [line for line in report.split("## Per-class")[0].splitlines() if line.startswith("| `")]
-    assert rows and all(line.split(" | ")[1] == "3" for line in rows)
+    rows = [line for line in report.split("## Per-class")[0].split("\n\n## ")[0].splitlines()
+            if line.startswith("| `")]
+    trained = [line for line in rows if ROW not in line]
+    assert trained and all(line.split(" | ")[1] == "3" for line in trained)
+    assert all(line.split(" | ")[1] == "1" for line in rows if ROW in line)
     with open(folder / "runs.csv") as f:
         runs = list(csv.DictReader(f))
-    assert len(runs) == 3 * len(rows) and {r["status"] for r in runs} == {"finished"}
+    assert len(runs) == 3 * len(trained) + len(rows) - len(trained)
+    assert {r["status"] for r in runs} == {"finished"}
     assert (folder / "report.png").stat().st_size > 5000
 
 
@@ -126,4 +133,4 @@ def test_the_committed_reports_name_no_machine_path(folder):
     report = (root / "report.md").read_text()
     assert not re.search(r"`/|(^|\s)/(work|home|tmp|Users)/", report, re.M), folder
     with open(root / "runs.csv") as f:
-        assert all(r["job"].isdigit() for r in csv.DictReader(f))
+        assert all(re.fullmatch(r"(oracle_)?\d+", r["job"]) for r in csv.DictReader(f))
