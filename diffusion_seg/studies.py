@@ -73,6 +73,9 @@ class Run:
     minutes: float | None = None  # time it ran: its attempts summed (see _wall_minutes)
     legacy: bool = False  # no job.yaml / config.yaml: overrides or config read from .hydra/
     curve: list[tuple[float, float]] = field(default_factory=list)  # (step, val mIoU in %)
+    # The command that wrote a job that did not train (``command`` in its job.yaml: the
+    # pathfinder oracle's rows), shown as it ran instead of as a training command.
+    command: str | None = None
 
     @property
     def setting(self) -> str:
@@ -137,6 +140,8 @@ def read_run(job: Path, evaluation: str | None = None) -> Run:
     overrides, config, legacy = job_record(job)
     run = Run(job, overrides, dict(config.get("study") or {}), legacy=legacy)
     run.curve = read_curve(job / CSV_LOG)
+    record = _read_yaml(job / JOB_FILE) if (job / JOB_FILE).is_file() else None
+    run.command = record.get("command") if isinstance(record, dict) else None
     if evaluation is not None:
         metrics = job / evaluation / "metrics.yaml"
         if metrics.is_file():
@@ -475,7 +480,14 @@ def _override_order(override: str) -> tuple[int, str]:
 def launch_command(runs: Sequence[Run]) -> str:
     """The training command that ran these jobs, from the overrides each job recorded: one
     ``-m`` line when the jobs are every combination of their values (a grid sweep), else one
-    line per setting with its seeds (an Optuna search, merged sweeps)."""
+    line per setting with its seeds (an Optuna search, merged sweeps). Jobs that recorded
+    their own command (the oracle's rows) follow, one line per distinct command."""
+    own = list(dict.fromkeys(r.command for r in runs if r.command))
+    trained = [r for r in runs if not r.command]
+    return "\n".join([_training_command(trained), *own] if trained else own)
+
+
+def _training_command(runs: Sequence[Run]) -> str:
     jobs = [sorted(set(r.overrides), key=_override_order) for r in runs]
     values: dict[str, list[str]] = {}
     for job in jobs:

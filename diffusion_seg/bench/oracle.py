@@ -48,6 +48,7 @@ from diffusion_seg.metrics import ContextMetrics, SegmentationMetrics, format_co
 from diffusion_seg.models.inference import resize_logits
 
 ROW = "experiment=pathfinder_oracle"  # the oracle's row in a study report
+COMMAND = "python -m diffusion_seg.bench oracle --sweep <sweep dir>"  # what wrote it (report.md)
 
 
 def oracle_prediction(dataset: PathfinderDataset, index: int) -> torch.Tensor:
@@ -120,11 +121,11 @@ def add_to_sweep(sweep: Path) -> list[Path]:
         start = time.time()
         attempt = {"time": start, "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)),
                    "action": "start"}
-        write_yaml_atomic(job / JOB_FILE, {"overrides": job_overrides(overrides), "attempts": [attempt]})
+        record = {"overrides": job_overrides(overrides), "attempts": [attempt], "command": COMMAND}
+        write_yaml_atomic(job / JOB_FILE, record)
         print(f"\n{job}: {' '.join(overrides)}")
         write_finished(job, overrides, evaluate(pathfinder_split(dataset, "test")))
-        write_yaml_atomic(job / JOB_FILE, {"overrides": job_overrides(overrides),
-                                           "attempts": [{**attempt, "end": time.time()}]})
+        write_yaml_atomic(job / JOB_FILE, {**record, "attempts": [{**attempt, "end": time.time()}]})
         written.append(job)
     return written
 
