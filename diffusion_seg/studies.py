@@ -137,11 +137,10 @@ def read_run(job: Path, evaluation: str | None = None) -> Run:
     ``evaluation``, the metrics of a later evaluation of the run instead: the
     ``metrics.yaml`` that ``python -m diffusion_seg.eval ... hydra.run.dir=<job>/<evaluation>``
     wrote (e.g. multi-scale, CRF, another split or dataset option)."""
-    overrides, config, legacy = job_record(job)
-    run = Run(job, overrides, dict(config.get("study") or {}), legacy=legacy)
+    record = _job_file(job)
+    overrides, config, legacy = job_record(job, record)
+    run = Run(job, overrides, dict(config.get("study") or {}), legacy=legacy, command=record.get("command"))
     run.curve = read_curve(job / CSV_LOG)
-    record = _read_yaml(job / JOB_FILE) if (job / JOB_FILE).is_file() else None
-    run.command = record.get("command") if isinstance(record, dict) else None
     if evaluation is not None:
         metrics = job / evaluation / "metrics.yaml"
         if metrics.is_file():
@@ -154,7 +153,7 @@ def read_run(job: Path, evaluation: str | None = None) -> Run:
         marker = _read_yaml(finished) or {}
         run.status = str(marker.get("status", "finished"))  # e.g. a run stopped by a NaN loss
         run.metrics = {k: float(v) for k, v in (marker.get("metrics") or {}).items()}
-        run.minutes = _wall_minutes(job, marker)
+        run.minutes = _wall_minutes(record, marker)
     elif (job / "csv" / "metrics.csv").is_file() and (job / "checkpoints" / "last.ckpt").is_file():
         # Runs from before completion markers: the CSV log's test metrics mean it finished.
         run.metrics = _csv_metrics(job / "csv" / "metrics.csv")
@@ -165,12 +164,18 @@ def read_run(job: Path, evaluation: str | None = None) -> Run:
     return run
 
 
-def job_record(job: Path) -> tuple[list[str], dict[str, Any], bool]:
+def _job_file(job: Path) -> dict[str, Any]:
+    """The job's ``job.yaml`` (overrides, attempts, ``command``), ``{}`` without one."""
+    record = _read_yaml(job / JOB_FILE) if (job / JOB_FILE).is_file() else None
+    return record if isinstance(record, dict) else {}
+
+
+def job_record(job: Path, record: dict[str, Any] | None = None) -> tuple[list[str], dict[str, Any], bool]:
     """The job's overrides and composed config as the job recorded them when it ran
     (``job.yaml``, else ``finished.yaml``; ``config.yaml``), and whether either had to come from
-    Hydra's ``.hydra/`` instead (job dirs written before those records existed)."""
-    record = _read_yaml(job / JOB_FILE) if (job / JOB_FILE).is_file() else None
-    overrides = record.get("overrides") if isinstance(record, dict) else None
+    Hydra's ``.hydra/`` instead (job dirs written before those records existed). ``record``:
+    the job's ``job.yaml`` when the caller has read it already."""
+    overrides = (_job_file(job) if record is None else record).get("overrides")
     if overrides is None and (job / FINISHED_FILE).is_file():
         overrides = (_read_yaml(job / FINISHED_FILE) or {}).get("overrides")
     legacy = False
@@ -183,13 +188,14 @@ def job_record(job: Path) -> tuple[list[str], dict[str, Any], bool]:
     return [str(o) for o in overrides], config, legacy
 
 
-def _wall_minutes(job: Path, marker: dict[str, Any]) -> float | None:
+def _wall_minutes(record: dict[str, Any], marker: dict[str, Any]) -> float | None:
     """Minutes the run ran: the sum over the attempts that trained it (``job.yaml``: from its
     last fresh start on, every start or resume, each from its start to its recorded end), so
     the time between a stop and the resume is not counted. An attempt without an end (a
     process killed outright, or records older than the end times) ends at the completion
-    marker if it is the last one; otherwise the time is unknown (``None``)."""
-    attempts = (_read_yaml(job / JOB_FILE) or {}).get("attempts") if (job / JOB_FILE).is_file() else None
+    marker if it is the last one; otherwise the time is unknown (``None``). ``record``: the
+    job's ``job.yaml``."""
+    attempts = record.get("attempts")
     trained = [a for a in attempts or [] if a.get("action") in ("start", "resume") and "time" in a]
     starts = [i for i, a in enumerate(trained) if a["action"] == "start"]
     if not starts:

@@ -23,6 +23,7 @@ they were when that step normalised them: old checkpoints evaluate to their numb
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -146,11 +147,13 @@ class Preprocessor(nn.Module):
 
         return build_eval_transform(self.mean, self.std, self.size_divisor, self.resize)
 
+    @functools.cached_property
+    def _prepare_transform(self) -> Any:
+        # built once per preprocessor: albumentations pipelines are not free to create
+        return self.eval_transform()
+
     def prepare(self, rgb: np.ndarray) -> tuple[Tensor, tuple[int, int]]:
         """``H×W×3`` uint8 RGB → the normalised padded ``3×H'×W'`` input evaluation gives the
         network, and the size of the image inside it."""
-        transform = self.__dict__.get("_eval_transform")
-        if transform is None:  # built once: albumentations pipelines are not free to create
-            transform = self.__dict__["_eval_transform"] = self.eval_transform()
-        out = transform(image=rgb)
+        out = self._prepare_transform(image=rgb)
         return out["image"], tuple(int(v) for v in out["image_size"])
