@@ -108,7 +108,7 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
         raise composition_error(err) from None
 
 
-def _is_group(key: str) -> bool:
+def is_group_key(key: str) -> bool:
     """Whether an override's key names a config group (``model``, ``hydra/launcher``)."""
     return "/" in key or (CONFIG_DIR / key).is_dir()
 
@@ -119,7 +119,7 @@ def _with_target_arguments(overrides: list[str], config_name: str, err: BaseExce
     nearest existing key. Keys are looked up in the config composed from the other
     overrides (group choices, additions, deletions), which fixes which nodes exist."""
     parsed = parse_overrides(overrides)
-    changes = [o.type is OverrideType.CHANGE and not _is_group(o.key_or_group) for o in parsed]
+    changes = [o.type is OverrideType.CHANGE and not is_group_key(o.key_or_group) for o in parsed]
     skeleton = _compose(config_name, [o for o, change in zip(overrides, changes) if not change])
     fixed = []
     for override, parsed_override, change in zip(overrides, parsed, changes):
@@ -185,7 +185,7 @@ def unknown_key_error(override: Override, cfg: DictConfig, config_name: str) -> 
             return ConfigError(f"{key}: {where} is null in the {config_name} config; add the key "
                                f"with +{override.input_line.lstrip('+')}")
         return ConfigError(f"{key}: {where} is a value, not a group of keys; set {where}=... instead")
-    if depth == 0 and _is_group(parts[0]):  # a group with no config chosen (eval's dataset)
+    if depth == 0 and is_group_key(parts[0]):  # a group with no config chosen (eval's dataset)
         return ConfigError(f"{key}: no {parts[0]} config is chosen in the {config_name} config; choose "
                            f"one with {parts[0]}=<name>, or add the key with +{override.input_line.lstrip('+')}")
     arguments = target_arguments(node)

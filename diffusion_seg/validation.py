@@ -37,7 +37,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from diffusion_seg.config import compose_overrides, parse_overrides, renamed_key_error, target_arguments
+from diffusion_seg.config import (
+    compose_overrides,
+    is_group_key,
+    parse_overrides,
+    renamed_key_error,
+    target_arguments,
+)
 from diffusion_seg.errors import ConfigError
 
 # --------------------------------------------------------------------------- rules
@@ -520,6 +526,16 @@ INFO_FLAGS = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--res
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
+_ABSENT = object()
+
+
+def _plain_value(override: str) -> bool:
+    """Whether an override sets a value in the job's config (``dataset.size=64``), not a
+    config group, Hydra's own node, an addition or a deletion."""
+    key = override.partition("=")[0]
+    return not (key.startswith(("+", "~", "hydra.")) or is_group_key(key))
+
+
 def _split_command_line(argv: Sequence[str], config_name: str) -> tuple[list[str], bool, str] | None:
     """``(overrides, multirun, config name)`` of a Hydra command line, or ``None`` when it
     asks Hydra for something other than a run."""
@@ -580,7 +596,21 @@ def check_command_line(argv: Sequence[str], config_name: str) -> list[str]:
         return list(argv)
     overrides, multirun, config_name = split
     sweeps = [o.input_line for o in parse_overrides(overrides) if o.is_sweep_override()]
-    base, used = compose_overrides([o for o in overrides if o not in sweeps], config_name, with_hydra=True)
+    fixed = [o for o in overrides if o not in sweeps]
+    primary_only: set[str] = set()
+    try:
+        base, used = compose_overrides(fixed, config_name, with_hydra=True)
+    except ConfigError:
+        if not (multirun and sweeps):
+            raise
+        # Hydra composes a sweep's primary config without the swept values, so a key only the
+        # swept configs have (dataset.max_distance=8 with experiment=pathfinder_pdn,pathfinder_fcn)
+        # fails there: give such keys ++ and check them in every job below.
+        groups, _ = compose_overrides([o for o in fixed if not _plain_value(o)], config_name, with_hydra=True)
+        primary_only = {key for key in (o.partition("=")[0] for o in fixed if _plain_value(o))
+                        if OmegaConf.select(groups, key, default=_ABSENT) is _ABSENT}
+        base, used = compose_overrides([f"++{o}" if o.partition("=")[0] in primary_only else o for o in fixed],
+                                       config_name, with_hydra=True)
     # The Optuna searches set hydra.mode: MULTIRUN themselves; then -m is optional.
     if not (multirun or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN):
         if sweeps:
@@ -591,7 +621,7 @@ def check_command_line(argv: Sequence[str], config_name: str) -> list[str]:
     else:
         params = OmegaConf.select(base, "hydra.sweeper.params")
         params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else None
-        added = set()
+        added = set(primary_only)
         for job in sweep_jobs(overrides, params):
             cfg, used = compose_overrides(job, config_name)
             validate_config(cfg, config_name)

@@ -177,6 +177,19 @@ def test_a_sweep_without_multirun_and_a_bad_sweep_value_are_one_line():
         check_command_line(["-m", "model=pdn", "model.neighbors=8,abc"], "train")
 
 
+def test_a_sweep_over_experiments_takes_a_key_only_the_swept_configs_have():
+    """Hydra composes a sweep's primary config without the swept values (here the default
+    synthetic experiment, which has no dataset.max_distance): the key gets ++ and every job is
+    checked with it; a key no job has is still the job's one-line error."""
+    argv = ["-m", "experiment=pathfinder_pdn,pathfinder_fcn", "dataset.max_distance=2", "seed=1"]
+    assert check_command_line(argv, "train") == [
+        "-m", "experiment=pathfinder_pdn,pathfinder_fcn", "++dataset.max_distance=2", "seed=1"]
+    with pytest.raises(ConfigError, match=r"^dataset.max_distanc is not an argument of .*did you mean dataset.max_distance"):
+        check_command_line(["-m", "experiment=pathfinder_pdn,pathfinder_fcn", "dataset.max_distanc=2"], "train")
+    with pytest.raises(ConfigError, match=r"^dataset.max_distance is not an argument"):
+        check_command_line(["dataset.max_distance=2"], "train")  # a single run keeps its error
+
+
 def test_help_and_config_printing_go_to_hydra_unchecked():
     """eval --cfg job prints a config holding ckpt_path: ???; --help must not need one."""
     for flag in ("--help", "--cfg", "--hydra-help", "-cp"):
