@@ -96,7 +96,8 @@ def test_a_study_runs_and_the_report_matches_its_runs(tmp_path):
     assert (sweep / "report.png").stat().st_size > 5000
 
 
-@pytest.mark.parametrize("name", ["builtin_heads_far", "builtin_difnet_start", "builtin_heads_difficulty",
+@pytest.mark.parametrize("name", ["builtin_heads_far", "builtin_difnet_start", "builtin_pretrained_start",
+                                  "builtin_heads_difficulty",
                                   "builtin_pdn_layers_neighbors", "builtin_difnet_walks"])
 def test_the_committed_miniature_reports_hold_3_finished_seeds_per_setting(name):
     """experiments/reports/<study>/: the report names its command; every trained setting has
@@ -133,4 +134,5 @@ def test_the_committed_reports_name_no_machine_path(folder):
     report = (root / "report.md").read_text()
     assert not re.search(r"`/|(^|\s)/(work|home|tmp|Users)/", report, re.M), folder
     with open(root / "runs.csv") as f:
-        assert all(re.fullmatch(r"(oracle_)?\d+", r["job"]) for r in csv.DictReader(f))
+        # A job of the first sweep by number; of a later sweep of the same report by ../<sweep>/<number>.
+        assert all(re.fullmatch(r"(\.\./[\w-]+/)?(oracle_)?\d+", r["job"]) for r in csv.DictReader(f))
