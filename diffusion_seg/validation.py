@@ -605,12 +605,12 @@ def check_command_line(argv: Sequence[str], config_name: str) -> list[str]:
             raise
         # Hydra composes a sweep's primary config without the swept values, so a key only the
         # swept configs have (dataset.max_distance=8 with experiment=pathfinder_pdn,pathfinder_fcn)
-        # fails there: give such keys ++ and check them in every job below.
-        groups, _ = compose_overrides([o for o in fixed if not _plain_value(o)], config_name, with_hydra=True)
+        # fails there: give such keys ++ and check them in every job below. Hydra's own settings
+        # (hydra.mode, the sweeper's params: all this branch reads of the primary config) come
+        # from the groups and hydra.* overrides alone.
+        base, _ = compose_overrides([o for o in fixed if not _plain_value(o)], config_name, with_hydra=True)
         primary_only = {key for key in (o.partition("=")[0] for o in fixed if _plain_value(o))
-                        if OmegaConf.select(groups, key, default=_ABSENT) is _ABSENT}
-        base, used = compose_overrides([f"++{o}" if o.partition("=")[0] in primary_only else o for o in fixed],
-                                       config_name, with_hydra=True)
+                        if OmegaConf.select(base, key, default=_ABSENT) is _ABSENT}
     # The Optuna searches set hydra.mode: MULTIRUN themselves; then -m is optional.
     if not (multirun or OmegaConf.select(base, "hydra.mode") == RunMode.MULTIRUN):
         if sweeps:

@@ -18,14 +18,13 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
   sweep=$(ls -d "${DIFFUSION_SEG_LOGS:-logs}"/studies/$study/*/ | sort | tail -n 1)
   report_args=()
   case $study in
+    builtin_heads_far)
+      .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # the non-learned ceiling
+      report_args=(--baseline pathfinder_deeplabv2 --paired) ;;
     builtin_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;
     builtin_difnet_walks) report_args=(--baseline model.walks=5 --paired) ;;
     builtin_pdn_layers_neighbors) report_args=(--baseline "model.layers=4 model.neighbors=24" --paired) ;;
   esac
-  if [ $study = builtin_heads_far ]; then
-    .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # the non-learned ceiling
-    report_args=(--baseline pathfinder_deeplabv2 --paired)
-  fi
   .venv/bin/python -m diffusion_seg.report "$sweep" --out experiments/reports/$study "${report_args[@]}"
   if [ $study = builtin_heads_difficulty ]; then
     bash experiments/builtin_far_pixels.sh "$sweep"
