@@ -16,15 +16,24 @@ every launch into the dir, so they cannot tell what a job ran):
 With ``auto_resume=true`` (the default) a job that finds ``finished.yaml`` returns the recorded
 metrics without training (**skip**); one that finds ``checkpoints/last.ckpt`` but no marker
 continues from it (**resume**: a requeued SLURM job, a relaunched sweep, a crash); otherwise
-it **starts**. A job in a dir that holds another job (other overrides) is refused
+it **starts** — or, with ``reuse_from=<dir>``, **reuses** a finished job under that dir that
+computed the same thing (:func:`find_reusable`: the same config but for where it wrote and how it
+was labelled, the same code and library versions): the job copies that job's records
+(``finished.yaml`` with ``reused_from``, its logs; ``checkpoints`` a link to the original)
+instead of training. Two studies that share a setting (a study's baseline row is another's
+row) then train it once; the report names every reused run. A job in a dir that holds another job (other overrides) is refused
 (:func:`plan_run`; a sweep's launch is checked as a whole before it starts,
 :class:`diffusion_seg.sweeps.RelaunchGuard`).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -44,9 +53,18 @@ JOB_FILE = "job.yaml"
 CONFIG_FILE = "config.yaml"
 FINISHED_FILE = "finished.yaml"
 # What each plan did, as the logs say it.
-WORDS = {"skip": "skipped (finished before)", "resume": "resumed", "start": "started"}
+WORDS = {"skip": "skipped (finished before)", "resume": "resumed", "start": "started",
+         "reuse": "reused (the same job finished elsewhere)"}
 # Overrides that do not change what a job computes: left out when a job dir is matched.
 NEUTRAL_KEYS = ("resume", "ckpt_path", "auto_resume")
+# Config keys that say where a job writes and how it is labelled, not what it computes: left out
+# when a job is matched with a finished one to reuse (find_reusable). Paths inside the job's own
+# dir (checkpoints, logs) are compared relative to it.
+UNCOMPUTED_KEYS = ("study", "paths", "task_name", "logger", "auto_resume", "reuse_from",
+                   "trainer.enable_progress_bar", "trainer.default_root_dir")
+# What a reusing job does not copy from the job it reuses: its own records, Hydra's, and the
+# checkpoints (linked instead: they can be large).
+UNCOPIED = (JOB_FILE, CONFIG_FILE, FINISHED_FILE, ".hydra", "checkpoints", "wandb")
 # Job files of the attempts this process recorded and has not ended yet → index of the attempt.
 _open_attempts: dict[Path, int] = {}
 # The checkpoint a job resumes from: ModelCheckpoint's save_last file in <job dir>/checkpoints/.
@@ -76,8 +94,9 @@ def resolve_checkpoint_path(
 class RunPlan:
     """What :func:`plan_run` decided for a job dir."""
 
-    action: str  # "start" | "resume" | "skip"
+    action: str  # "start" | "resume" | "skip" | "reuse"
     ckpt_path: str | None = None
+    source: Path | None = None  # "reuse": the finished job dir whose records this job copies
     finished: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
 
@@ -161,6 +180,87 @@ def plan_run(
     return RunPlan("start", reason=f"no {LAST} in {output_dir / 'checkpoints'}")
 
 
+@functools.cache
+def code_version() -> str:
+    """What decides a job's numbers besides its config: a hash of this package's Python sources
+    and the torch, lightning and timm versions (``code`` in ``job.yaml``; a job is reused only
+    by a job of the same code, :func:`find_reusable`)."""
+    import lightning
+    import timm
+    import torch
+
+    digest = hashlib.sha256(f"{torch.__version__} {lightning.__version__} {timm.__version__}".encode())
+    package = Path(__file__).parent
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def computed_config(config: dict[str, Any]) -> str:
+    """The part of a job's resolved config (``config.yaml``) that decides what it computes, as
+    canonical JSON: without :data:`UNCOMPUTED_KEYS`, and with the job's own dir as ``<job>``."""
+    config = json.loads(json.dumps(config, default=str))  # a deep copy
+    job_dir = str((config.get("paths") or {}).get("output_dir") or "")
+    for dotted in UNCOMPUTED_KEYS:
+        *parents, key = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    text = json.dumps(config, sort_keys=True)
+    return text.replace(json.dumps(job_dir)[1:-1], "<job>") if job_dir else text
+
+
+def find_reusable(root: Path, config: dict[str, Any], output_dir: Path) -> Path | None:
+    """A finished job under ``root`` (not a reuse itself, not ``output_dir``) whose recorded
+    config computes what ``config`` computes (:func:`computed_config`) with this
+    :func:`code_version`; the first in path order, or ``None``."""
+    if not root.is_dir():
+        return None
+    wanted, code = computed_config(config), code_version()
+    for marker in sorted(root.rglob(FINISHED_FILE)):
+        job = marker.parent
+        if job.resolve() == output_dir.resolve() or not (job / CONFIG_FILE).is_file():
+            continue
+        finished = read_yaml(marker)
+        if finished.get("status") != "finished" or finished.get("reused_from"):
+            continue
+        if read_yaml(job / JOB_FILE).get("code") != code:
+            continue
+        if computed_config(read_yaml(job / CONFIG_FILE)) == wanted:
+            return job
+    return None
+
+
+def reuse_finished(output_dir: Path, overrides: list[str], source: Path) -> None:
+    """Make ``output_dir`` hold the records of the finished job ``source``: its files but
+    :data:`UNCOPIED`, ``checkpoints`` as a link to the original's, and its ``finished.yaml``
+    with this job's overrides and ``reused_from``, written last (atomically)."""
+    for item in source.iterdir():
+        if item.name in UNCOPIED or item.suffix == ".log":
+            continue
+        target = output_dir / item.name
+        if item.is_dir():
+            shutil.copytree(item, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, target)
+    link = output_dir / "checkpoints"
+    if (source / "checkpoints").is_dir() and not link.exists():
+        link.symlink_to(os.path.relpath((source / "checkpoints").resolve(), output_dir.resolve()))
+    finished = read_yaml(source / FINISHED_FILE)
+    finished.update(overrides=job_overrides(overrides), reused_from=str(source.resolve()))
+    write_yaml_atomic(output_dir / FINISHED_FILE, finished)
+
+
+def resolved_config(config: DictConfig) -> dict[str, Any]:
+    """The job's composed config, resolved, without Hydra's own node (present when composed by
+    hand): what ``config.yaml`` records."""
+    run_config = OmegaConf.to_container(config, resolve=False)
+    run_config.pop("hydra", None)
+    return OmegaConf.to_container(OmegaConf.create(run_config), resolve=True, throw_on_missing=False)
+
+
 def record_attempt(output_dir: Path, overrides: list[str], plan: RunPlan, config: DictConfig | None = None) -> None:
     """Append this attempt to ``job.yaml`` (rank zero only); a job that trains again drops its
     old ``finished.yaml`` (written anew when it ends). A fresh start also writes the composed
@@ -168,15 +268,15 @@ def record_attempt(output_dir: Path, overrides: list[str], plan: RunPlan, config
     :func:`end_attempts` adds the attempt's end time."""
     path = output_dir / JOB_FILE
     record = read_yaml(path)
-    if plan.action == "start" or "overrides" not in record:  # a fresh start defines the job
+    if plan.action in ("start", "reuse") or "overrides" not in record:  # a fresh start defines the job
         record["overrides"] = job_overrides(overrides)
+        record["code"] = code_version()
     # A start defines what the job runs; a resume records it only for a job from before config.yaml.
     unrecorded = plan.action == "resume" and not (output_dir / CONFIG_FILE).is_file()
-    if config is not None and (plan.action == "start" or unrecorded):
-        run_config = OmegaConf.to_container(config, resolve=False)
-        run_config.pop("hydra", None)  # Hydra's own node (present when composed by hand) is not the run's
-        write_yaml_atomic(output_dir / CONFIG_FILE,
-                          OmegaConf.to_container(OmegaConf.create(run_config), resolve=True, throw_on_missing=False))
+    if config is not None and (plan.action in ("start", "reuse") or unrecorded):
+        write_yaml_atomic(output_dir / CONFIG_FILE, resolved_config(config))
+    if plan.action == "resume" and record.get("code") != code_version():
+        record["code"] = "changed between attempts"  # never matches: such a job is not reused
     now = time.time()
     attempt: dict[str, Any] = {
         "time": now,
@@ -187,6 +287,8 @@ def record_attempt(output_dir: Path, overrides: list[str], plan: RunPlan, config
     }
     if plan.ckpt_path:
         attempt["checkpoint"] = plan.ckpt_path
+    if plan.source is not None:
+        attempt["reused"] = str(plan.source.resolve())
     slurm = slurm_job_id()
     if slurm:
         attempt["slurm_job"] = slurm

@@ -76,6 +76,8 @@ class Run:
     # The command that wrote a job that did not train (``command`` in its job.yaml: the
     # pathfinder oracle's rows), shown as it ran instead of as a training command.
     command: str | None = None
+    # The job whose records this one copied instead of training (``reuse_from``, diffusion_seg.jobs).
+    reused_from: Path | None = None
 
     @property
     def setting(self) -> str:
@@ -154,6 +156,10 @@ def read_run(job: Path, evaluation: str | None = None) -> Run:
         run.status = str(marker.get("status", "finished"))  # e.g. a run stopped by a NaN loss
         run.metrics = {k: float(v) for k, v in (marker.get("metrics") or {}).items()}
         run.minutes = _wall_minutes(record, marker)
+        if marker.get("reused_from"):  # the time is the original's, which trained it
+            run.reused_from = Path(marker["reused_from"])
+            source = run.reused_from / FINISHED_FILE
+            run.minutes = _wall_minutes(_job_file(run.reused_from), _read_yaml(source) or {}) if source.is_file() else None
     elif (job / "csv" / "metrics.csv").is_file() and (job / "checkpoints" / "last.ckpt").is_file():
         # Runs from before completion markers: the CSV log's test metrics mean it finished.
         run.metrics = _csv_metrics(job / "csv" / "metrics.csv")
@@ -540,6 +546,12 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
         lines += [f"{len(legacy)} of the {len(runs)} runs have no `job.yaml` / `config.yaml` of their "
                   "own (job dirs from before those records): their overrides or config come from "
                   "Hydra's `.hydra/`, which a later launch into the same dir rewrites.", ""]
+    reused = [r for r in runs if r.reused_from is not None]
+    if reused:
+        lines += [f"{len(reused)} of the {len(runs)} runs were not trained again: another study's job "
+                  "had run the same config with the same code (`reuse_from`), and its records were "
+                  "copied (wall time: the original's):", ""]
+        lines += [f"- `{relative(r.path, base)}` ← `{relative(r.reused_from, base)}`" for r in reused] + [""]
     common = sorted(o for o in (runs[0].common if runs else ()) if not o.startswith("study="))
     if common:
         lines += ["Every run: " + " ".join(f"`{o}`" for o in common), ""]
@@ -625,15 +637,17 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
 
 def write_csv(path: Path, runs: Sequence[Run], base: Path) -> None:
     """Every run, one row: job dir (relative to ``base``, the first sweep dir), status,
-    setting, seed, minutes, every metric it has (as logged: fractions, not %)."""
+    setting, seed, minutes, the job it reused (if any), every metric it has (as logged:
+    fractions, not %)."""
     keys = sorted({k for r in runs for k in r.metrics})
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["job", "status", "setting", "seed", "minutes", *keys])
+        writer.writerow(["job", "status", "setting", "seed", "minutes", "reused_from", *keys])
         for r in runs:
             minutes = "" if r.minutes is None else f"{r.minutes:.2f}"
+            reused = "" if r.reused_from is None else relative(r.reused_from, base)
             writer.writerow([relative(r.path, base), r.status, r.setting, r.value("seed") or "", minutes,
-                             *(r.metrics.get(k, "") for k in keys)])
+                             reused, *(r.metrics.get(k, "") for k in keys)])
 
 
 def _numeric(value: str | None) -> float | None:

@@ -215,6 +215,7 @@ class SweepReport(_HydraCallback):  # type: ignore[misc,valid-type]
             finished = read_yaml(job / FINISHED_FILE)
             outcome = finished.get("status", "not finished")
             detail = f" from {attempts[0]['checkpoint']}" if action == "resume" and attempts[0].get("checkpoint") else ""
+            detail += f" from {attempts[0]['reused']}" if action == "reuse" else ""
             if len(attempts) > 1:
                 detail += f", continued {len(attempts) - 1}× (requeued)"
             log.info("Sweep job %s: %s%s; now %s", job.name, WORDS.get(action, action), detail, outcome)
@@ -222,5 +223,5 @@ class SweepReport(_HydraCallback):  # type: ignore[misc,valid-type]
             log.info(
                 "Sweep %s: %s",
                 sweep_dir,
-                ", ".join(f"{counts[a]} {WORDS[a]}" for a in ("skip", "resume", "start") if counts.get(a)),
+                ", ".join(f"{counts[a]} {WORDS[a]}" for a in ("skip", "reuse", "resume", "start") if counts.get(a)),
             )

@@ -135,6 +135,25 @@ def test_gathered_taps_equal_the_fused_convolution_with_gradients(rings: int) ->
         DiffusionLayer(4, rings, conv="full", gather_taps=True)
 
 
+def test_a_compiled_layer_takes_the_fused_convolution() -> None:
+    """Under torch.compile the gates are the fused convolution even on CPU: inductor compiled
+    the gathered Function for 8 minutes into a step 20× slower (docs/benchmarks.md). The
+    graph Dynamo captures holds one convolution and no batched product."""
+    layer = DiffusionLayer(4, 2)
+    h, m = torch.randn(2, 12, 5, 5), torch.zeros(2, 12, 5, 5)
+    graphs: list[torch.fx.GraphModule] = []
+
+    def capture(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend=capture)(h, m)
+    calls = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert calls.count(torch.conv2d) == 1 and torch.baddbmm not in calls, calls
+    torch.testing.assert_close(compiled, layer(h, m))  # eager: gathered, the same gates
+
+
 def test_full_conv_mixes_channels() -> None:
     module = DiffusionModule(8, 3, neighbors=8, layers=2, hidden=6, conv="full")
     assert gate_weights(module) == 2 * 4 * 2 * 9 * 6 * 6

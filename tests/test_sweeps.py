@@ -392,3 +392,80 @@ def test_the_walk_of_issue_18_a_refused_relaunch_then_the_report(tmp_path, capsy
     assert "2 skipped (finished before)" in proc.stdout + proc.stderr
     after = sweep_bytes(sweep)
     assert all(after[f"{n}/{name}"] == before[f"{n}/{name}"] for n in (0, 1) for name in (FINISHED_FILE, CONFIG_FILE))
+
+
+def finished_job(root: Path, name: str, config: dict, status: str = "finished") -> Path:
+    """A job dir under ``root`` as a job that ran ``config`` leaves it (config paths inside it)."""
+    from omegaconf import OmegaConf
+
+    job = root / name
+    config = {**config, "paths": {"output_dir": str(job)},
+              "callbacks": {"checkpoint": {"dirpath": str(job / "checkpoints")}}}
+    record_attempt(job, OVERRIDES, RunPlan("start"), OmegaConf.create(config))
+    end_attempts()
+    write_finished(job, OVERRIDES, {"test/mIoU": 0.5}, status=status)
+    return job
+
+
+def test_a_job_reuses_only_a_finished_job_that_computed_the_same(tmp_path):
+    """find_reusable: the same config but for the study, the paths and the loggers (paths
+    inside each job's own dir compared relative to it), the same code; not a diverged job,
+    not a reuse, not the job itself."""
+    from diffusion_seg.jobs import computed_config, find_reusable
+
+    root = tmp_path / "studies"
+    config = {"model": {"layers": 4}, "seed": 1}
+    source = finished_job(root / "far" / "s1", "0", {**config, "study": {"name": "far"}, "task_name": "a"})
+    me = tmp_path / "me"
+    mine = {**config, "study": {"name": "layers"}, "task_name": "b", "logger": {"csv": {"save_dir": str(me)}},
+            "paths": {"output_dir": str(me)}, "callbacks": {"checkpoint": {"dirpath": str(me / "checkpoints")}}}
+    assert computed_config(mine) == computed_config(yaml.safe_load((source / CONFIG_FILE).read_text()))
+    assert find_reusable(root, mine, me) == source
+    assert find_reusable(root, {**mine, "seed": 2}, me) is None           # another seed computes another thing
+    assert find_reusable(root, {**mine, "model": {"layers": 1}}, me) is None
+    assert find_reusable(root, mine, source) is None                       # never itself
+    assert find_reusable(tmp_path / "nowhere", mine, me) is None
+    record = yaml.safe_load((source / JOB_FILE).read_text())
+    (source / JOB_FILE).write_text(yaml.safe_dump({**record, "code": "another"}))  # other code
+    assert find_reusable(root, mine, me) is None
+    (source / JOB_FILE).write_text(yaml.safe_dump(record))
+    finished_job(root / "far" / "s0", "0", config, status="diverged")      # first in path order
+    assert find_reusable(root, mine, me) == source
+
+
+def test_a_study_trains_a_setting_another_study_ran_once(tmp_path):
+    """Two sweeps with reuse_from: the second's job that the first ran (same config and code;
+    only task_name and the dirs differ) copies its records instead of training, the sweep log
+    and the report say so, and the time is the original's; its other job trains."""
+    import csv
+
+    studies = tmp_path / "studies"
+    common = [*FAST_TRAIN, "test_after_training=false", f"reuse_from={studies}"]
+    first, second = studies / "a" / "sweep", studies / "b" / "sweep"
+    run_cli("diffusion_seg.train", "-m", "seed=1", "task_name=a", *common, f"hydra.sweep.dir={first}",
+            log_dir=tmp_path)
+    proc = run_cli("diffusion_seg.train", "-m", "seed=2,1", "task_name=b", *common,
+                   f"hydra.sweep.dir={second}", log_dir=tmp_path)
+    out = proc.stdout + proc.stderr
+    source, reused, trained = first / "0", second / "1", second / "0"
+    assert f"Sweep job 1: reused (the same job finished elsewhere) from {source.resolve()}" in out
+    assert "1 reused (the same job finished elsewhere), 1 started" in out
+    marker = yaml.safe_load((reused / FINISHED_FILE).read_text())
+    original = yaml.safe_load((source / FINISHED_FILE).read_text())
+    assert marker["reused_from"] == str(source.resolve()) and "reused_from" not in original
+    assert marker["metrics"] == original["metrics"] and marker["overrides"] != original["overrides"]
+    assert (reused / "csv" / "metrics.csv").read_bytes() == (source / "csv" / "metrics.csv").read_bytes()
+    assert (reused / "checkpoints").is_symlink() and (reused / "checkpoints" / "last.ckpt").is_file()
+    assert yaml.safe_load((reused / CONFIG_FILE).read_text())["task_name"] == "b"
+    assert "reused_from" not in yaml.safe_load((trained / FINISHED_FILE).read_text())
+
+    run_cli("diffusion_seg.report", str(second), log_dir=tmp_path)
+    report = (second / "report.md").read_text()
+    assert "1 of the 2 runs were not trained again" in report and "- `1` ← `../../a/sweep/0`" in report
+    with open(second / "runs.csv") as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert rows["1"]["reused_from"] == "../../a/sweep/0" and rows["0"]["reused_from"] == ""
+    run_cli("diffusion_seg.report", str(first), log_dir=tmp_path)
+    with open(first / "runs.csv") as f:
+        minutes = next(csv.DictReader(f))["minutes"]
+    assert rows["1"]["minutes"] == minutes  # the original's time, not the copy's

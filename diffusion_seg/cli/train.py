@@ -10,8 +10,9 @@ Examples::
     python -m diffusion_seg.train hparams_search=pdn_optuna model=pdn           # Optuna search
 
 A run survives: a job dir that holds the job already is skipped (finished) or continued
-(``auto_resume``, :mod:`diffusion_seg.jobs`); a stop signal saves ``last.ckpt`` at
-the current step and a non-finite step stops the run (:mod:`diffusion_seg.lightning.safety`).
+(``auto_resume``, :mod:`diffusion_seg.jobs`), or with ``reuse_from=<dir>`` copied from a job
+that finished under that dir with the same config and code; a stop signal saves ``last.ckpt``
+at the current step and a non-finite step stops the run (:mod:`diffusion_seg.lightning.safety`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,18 @@ from diffusion_seg.cli.console import log, print_config, quiet_known_warnings
 from diffusion_seg.cli.errors import hydra_command, user_errors
 from diffusion_seg.config import instantiate_node, register_resolvers
 from diffusion_seg.errors import ConfigError
-from diffusion_seg.jobs import RunPlan, end_attempts, plan_run, record_attempt, write_finished
+from diffusion_seg.jobs import (
+    FINISHED_FILE,
+    RunPlan,
+    end_attempts,
+    find_reusable,
+    plan_run,
+    read_yaml,
+    record_attempt,
+    resolved_config,
+    reuse_finished,
+    write_finished,
+)
 from diffusion_seg.lightning.checkpoint import AtomicCheckpointIO
 from diffusion_seg.lightning.safety import Interrupted, NonFiniteError, RunGuard, cluster_plugins
 from diffusion_seg.lightning.task import PROGRESS_KEYS
@@ -85,10 +97,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("Run dir: %s", output_dir)
     # Fails on a missing checkpoint or a dir holding another job, before building anything.
     plan = plan_run(output_dir, overrides, cfg.get("resume"), cfg.get("ckpt_path"), cfg.get("auto_resume", True))
+    if plan.action == "start" and cfg.get("reuse_from"):
+        source = find_reusable(Path(cfg.reuse_from), resolved_config(cfg), output_dir)
+        if source is not None:
+            plan = RunPlan("reuse", source=source, finished=read_yaml(source / FINISHED_FILE),
+                           reason=f"the same job finished in {source}")
     if rank_zero_only.rank == 0:
         record_attempt(output_dir, overrides, plan, cfg)
     if plan.action == "skip":
         return skip_finished(plan, output_dir, cfg)
+    if plan.action == "reuse":
+        if rank_zero_only.rank == 0:
+            reuse_finished(output_dir, overrides, plan.source)
+        log.info("Reused: this job's config (study, paths and loggers aside) and code are those of "
+                 "%s, which finished; its records are copied here instead of training "
+                 "(reuse_from=null trains it)", plan.source)
+        return recorded_metrics(plan.finished)
     if cfg.get("malloc_keep_freed", True):
         keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
@@ -171,6 +195,11 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             if k not in PROGRESS_KEYS and getattr(v, "numel", lambda: 1)() == 1}
 
 
+def recorded_metrics(finished: dict[str, Any]) -> dict[str, float]:
+    """The final metrics a ``finished.yaml`` recorded."""
+    return {k: float(v) for k, v in (finished.get("metrics") or {}).items()}
+
+
 def skip_finished(plan: RunPlan, output_dir: Path, cfg: DictConfig) -> dict[str, float]:
     """A job that finished before: its recorded metrics, without building anything."""
     finished = plan.finished
@@ -179,7 +208,7 @@ def skip_finished(plan: RunPlan, output_dir: Path, cfg: DictConfig) -> dict[str,
             f"this job diverged before (recorded in {output_dir / 'finished.yaml'}; delete that "
             f"file to train it again): {finished.get('error', '')}"
         )
-    metrics = {k: float(v) for k, v in (finished.get("metrics") or {}).items()}
+    metrics = recorded_metrics(finished)
     metric = cfg.get("optimized_metric")
     value = f", {metric}={metrics[metric]:.4f}" if metric in metrics else ""
     log.info(

@@ -32,8 +32,10 @@ momentum can never make them drift from zero. Eq. 1 is computed in one of two fo
   gate output, none on the zeros; its backward (:class:`_GatheredRingGates`) is two batched
   products and K² shifted additions, recomputing the gathered inputs instead of storing them.
 
-The gathered form is the faster one on CPU, the fused convolution the one for GPU; the
-timings that chose them are in docs/benchmarks.md (Eq. 1: fused convolution vs gathered
+The gathered form is the faster one on CPU in eager mode, the fused convolution the one for GPU
+and under ``torch.compile`` (inductor lowers it to one convolution; the gathered Function's
+K² slice additions took 8 minutes to compile and ran 20× slower on CPU, docs/benchmarks.md);
+the timings that chose them are in docs/benchmarks.md (Eq. 1: fused convolution vs gathered
 taps). Channels-last slows the CPU backward of the
 grouped convolution (oneDNN); the gate math keeps the memory format of its input, so a
 channels-last input stays channels-last through the module on a GPU.
@@ -111,10 +113,11 @@ def ring_tap_positions(rings: int) -> tuple[tuple[int, int, int], ...]:
     return tuple((i // (size * size), i % (size * size) // size, i % size) for i in index)
 
 
-def _exporting() -> bool:
+def _traced() -> bool:
     """Inside TorchScript tracing, ``torch.export`` or an ONNX export (none of which takes a
-    Python autograd function)."""
-    return (torch.jit.is_tracing() or torch.compiler.is_exporting()
+    Python autograd function), or ``torch.compile`` (which takes it, but compiles its gathered
+    form for minutes into a step 20× slower than the fused convolution's on CPU)."""
+    return (torch.jit.is_tracing() or torch.compiler.is_compiling()
             or torch.onnx.is_in_onnx_export())
 
 
@@ -201,8 +204,8 @@ class DiffusionLayer(nn.Module):
         init_std: std of the Gaussian init of the taps (biases start at 0).
         gather_taps: compute Eq. 1 in the gathered-taps form (channel-wise filters only)
             instead of the fused convolution; ``None``: gathered on CPU, fused elsewhere (one
-            cuDNN launch on a GPU; exports always hold the convolution). Both give the same
-            gates up to summation order.
+            cuDNN launch on a GPU; compiled and exported graphs always hold the convolution).
+            Both give the same gates up to summation order.
     """
 
     def __init__(
@@ -250,7 +253,7 @@ class DiffusionLayer(nn.Module):
         gather = self.gather_taps
         if gather is None:
             gather = h.device.type == "cpu" and self.groups == self.hidden
-        if gather and not _exporting():  # exported graphs hold the portable convolution
+        if gather and not _traced():  # compiled and exported graphs hold the convolution
             return _GatheredRingGates.apply(h, self.taps, self.bias, self.tap_positions)
         return F.conv2d(h, self.kernel(), self.bias, padding=self.rings, groups=self.groups)
 
