@@ -62,6 +62,9 @@ NEUTRAL_KEYS = ("resume", "ckpt_path", "auto_resume")
 # dir (checkpoints, logs) are compared relative to it.
 UNCOMPUTED_KEYS = ("study", "paths", "task_name", "logger", "auto_resume", "reuse_from",
                    "trainer.enable_progress_bar", "trainer.default_root_dir")
+# Of those, the keys whose override changes nothing else (other keys interpolate paths and
+# task_name): a report leaves them out of the name of a setting (diffusion_seg.studies).
+UNLABELLED_KEYS = ("logger", "auto_resume", "reuse_from", "trainer.enable_progress_bar")
 # What a reusing job does not copy from the job it reuses: its own records, Hydra's, and the
 # checkpoints (linked instead: they can be large).
 UNCOPIED = (JOB_FILE, CONFIG_FILE, FINISHED_FILE, ".hydra", "checkpoints", "wandb")

@@ -35,7 +35,7 @@ import yaml
 
 from diffusion_seg.errors import UserError
 # The records a training job writes into its dir.
-from diffusion_seg.jobs import CONFIG_FILE, FINISHED_FILE, JOB_FILE
+from diffusion_seg.jobs import CONFIG_FILE, FINISHED_FILE, JOB_FILE, UNLABELLED_KEYS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -82,9 +82,8 @@ class Run:
     @property
     def setting(self) -> str:
         """The overrides that tell this setting from the others (not the seed, not those
-        every run shares), sorted."""
-        kept = [o for o in self.overrides
-                if o.split("=", 1)[0].lstrip("+~") not in REPEAT_KEYS and o not in self.common]
+        every run shares, not those that change nothing computed: ``UNLABELLED_KEYS``), sorted."""
+        kept = [o for o in self.overrides if not _unlabelled(o) and o not in self.common]
         return " ".join(sorted(kept)) or "(defaults)"
 
     def value(self, key: str) -> str | None:
@@ -94,6 +93,13 @@ class Run:
             if name.lstrip("+~") == key:
                 return value
         return None
+
+
+def _unlabelled(override: str) -> bool:
+    """An override that names no setting: a repeat's (seed, study) or one that changes nothing
+    a job computes (the progress bar, the loggers: :data:`diffusion_seg.jobs.UNLABELLED_KEYS`)."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key in REPEAT_KEYS or any(key == k or key.startswith(k + ".") for k in UNLABELLED_KEYS)
 
 
 def _read_yaml(path: Path) -> Any:

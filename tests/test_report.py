@@ -497,3 +497,20 @@ def test_oracle_sweep_jobs_carry_the_records_the_report_reads(tmp_path, capsys, 
     ran = report.split("```")[1].strip().splitlines()
     assert ran[-1] == oracle.COMMAND and all(oracle.ROW not in line for line in ran)
     assert ran[0].startswith("python -m diffusion_seg.train -m")
+
+
+def test_an_override_that_changes_nothing_computed_names_no_setting(tmp_path, capsys):
+    """A later sweep of the same rows with the progress bar off or another logger: one
+    setting per computation, and the command that ran still shows the override. A key other
+    keys interpolate (paths.*) still names its setting."""
+    sweep = tmp_path / "sweep"
+    make_job(sweep, 0, ["study=toy", "model=pdn", "seed=1"], metrics(0.5), STUDY)
+    make_job(sweep, 1, ["study=toy", "model=pdn", "trainer.enable_progress_bar=False", "logger=wandb",
+                        "seed=2"], metrics(0.6), STUDY)
+    make_job(sweep, 2, ["study=toy", "model=pdn", "paths.data_dir=/elsewhere", "seed=1"], metrics(0.4), STUDY)
+    code, out, _ = run(capsys, sweep)
+    assert code == 0 and "3 finished run(s) in 2 setting(s)" in out
+    report = (sweep / "report.md").read_text()
+    assert "| `(defaults)` | 2 | 55.00 ± 7.07 |" in report  # model=pdn: every run's
+    assert "| `paths.data_dir=/elsewhere` | 1 | 40.00 |" in report
+    assert "trainer.enable_progress_bar=False" in report.split("| setting |")[0]
