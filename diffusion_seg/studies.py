@@ -353,20 +353,49 @@ def _fmt_delta(diff: float, low: float | None, high: float | None) -> str:
     return f"{diff:+.2f} [n<2]" if low is None else f"{diff:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
-def find_baseline(rows: Sequence[Row], name: str) -> Row:
-    """The row whose setting is ``name``, or the one setting that contains it; a
+@dataclass
+class Baseline:
+    """What each row is compared with (``--baseline``): one setting for every row, or, when
+    the name is overrides that several settings have, each row's *twin* — the setting that has
+    them and agrees with the row on every other override (``--baseline model.neighbors=8``:
+    each 24NB row against the 8NB row of its depth)."""
+
+    name: str  # as the report's headers show it
+    of: dict[int, Row]  # id(row) → its baseline (rows without a twin are absent)
+    grouped: bool = False
+
+    def rows(self) -> list[Row]:
+        """The baseline rows, each once."""
+        return list({id(r): r for r in self.of.values()}.values())
+
+
+def _others(row: Row, keys: set[str]) -> frozenset[str]:
+    return frozenset(o for o in row.setting.split() if o.split("=", 1)[0] not in keys)
+
+
+def find_baseline(rows: Sequence[Row], name: str) -> Baseline:
+    """The :class:`Baseline` of ``--baseline name``: the row whose setting is ``name``, or the
+    one setting that contains it; else, when ``name`` is overrides that several settings have
+    and those differ in nothing but its keys, each row's twin among them. A
     :class:`ReportError` naming the settings otherwise."""
     exact = [r for r in rows if r.setting == name]
-    if exact:
-        return exact[0]
-    matches = [r for r in rows if name in r.setting]
+    matches = exact or [r for r in rows if name in r.setting]
     if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise ReportError(f"--baseline {name!r}: matches {len(matches)} settings "
-                          f"({'; '.join(r.setting for r in matches)}); give one of them whole")
-    raise ReportError(f"--baseline {name!r}: no setting matches; the settings: "
-                      f"{'; '.join(r.setting for r in rows)}")
+        return Baseline(matches[0].setting, {id(r): matches[0] for r in rows})
+    if not matches:
+        raise ReportError(f"--baseline {name!r}: no setting matches; the settings: "
+                          f"{'; '.join(r.setting for r in rows)}")
+    wanted = set(name.split())
+    keys = {o.split("=", 1)[0] for o in wanted}
+    group = [r for r in rows if wanted <= set(r.setting.split())]
+    twins = {_others(r, keys): r for r in group}
+    if len(group) > 1 and len(twins) == len(group) and all("=" in o for o in wanted):
+        of = {id(r): twins[_others(r, keys)] for r in rows if _others(r, keys) in twins}
+        if len(of) > len(group):  # some row other than the baselines has its twin
+            return Baseline(name, of, grouped=True)
+    raise ReportError(f"--baseline {name!r}: matches {len(matches)} settings "
+                      f"({'; '.join(r.setting for r in matches)}) that are not one per group of "
+                      "the other overrides; give one of them whole")
 
 
 def _seeded(row: Row, key: str) -> dict[str, float] | None:
@@ -380,21 +409,24 @@ def _seeded(row: Row, key: str) -> dict[str, float] | None:
     return values
 
 
-def deltas(rows: Sequence[Row], baseline: Row, split: str, paired: bool = False,
+def deltas(rows: Sequence[Row], baseline: Baseline, split: str, paired: bool = False,
            metric: str = "mIoU") -> tuple[dict[int, str], list[str]]:
-    """The ``Δ <metric> vs <baseline>`` cell of each row (by ``id``) and the sentences saying
-    how the intervals were computed (Welch; with ``paired``, the paired t interval where the
-    seeds of a row are the baseline's). ``metric``: a logged key below the split (``mIoU``,
-    ``color_acc/far_misleading``)."""
+    """The ``Δ <metric> vs <baseline>`` cell of each row (by ``id``; ``–`` without a baseline
+    of its own) and the sentences saying how the intervals were computed (Welch; with
+    ``paired``, the paired t interval where the seeds of a row are its baseline's). ``metric``:
+    a logged key below the split (``mIoU``, ``color_acc/far_misleading``)."""
     key = f"{split}/{metric}"
-    base = list(baseline.values(key).values())
-    base_seeds = _seeded(baseline, key)
     cells: dict[int, str] = {}
     paired_rows, welch_rows = [], []
     for row in rows:
-        if row is baseline:
+        base_row = baseline.of.get(id(row))
+        if base_row is None or not base_row.values(key):
+            cells[id(row)] = "–"
+            continue
+        if row is base_row:
             cells[id(row)] = "baseline"
             continue
+        base, base_seeds = list(base_row.values(key).values()), _seeded(base_row, key)
         seeds = _seeded(row, key) if paired else None
         if seeds is not None and base_seeds is not None and set(seeds) == set(base_seeds):
             cells[id(row)] = _fmt_delta(*paired_interval([seeds[s] - base_seeds[s] for s in sorted(seeds)]))
@@ -402,10 +434,12 @@ def deltas(rows: Sequence[Row], baseline: Row, split: str, paired: bool = False,
         else:
             cells[id(row)] = _fmt_delta(*welch_interval(list(row.values(key).values()), base))
             welch_rows.append(row.setting)
-    name = f"`{baseline.setting}`"
-    notes = [f"Δ {metric} vs {name}: the mean {split} {metric} of the row minus the baseline's, in "
-             "points, with its 95 % confidence interval; `[n<2]`: fewer than two runs on a side, "
-             "no interval."]
+    name = f"`{baseline.name}`"
+    against = (f"the row with {name} and the row's other overrides (`–`: no such row)"
+               if baseline.grouped else "the baseline")
+    notes = [f"Δ {metric} vs {name}: the mean {split} {metric} of the row minus that of {against}, "
+             "in points, with its 95 % confidence interval; `[n<2]`: fewer than two runs on a "
+             "side, no interval."]
     welch = ("Welch's interval (unequal variances; t quantile with the Welch–Satterthwaite "
              "degrees of freedom) of the difference of the means over seeds")
     if not paired:
@@ -413,7 +447,7 @@ def deltas(rows: Sequence[Row], baseline: Row, split: str, paired: bool = False,
     else:
         if paired_rows:
             notes.append("Interval (--paired): the paired t interval of the per-seed differences "
-                         "(n − 1 degrees of freedom) for the rows whose seeds are the baseline's: "
+                         "(n − 1 degrees of freedom) for the rows whose seeds are their baseline's: "
                          + ", ".join(f"`{s}`" for s in paired_rows) + ".")
         if welch_rows:
             notes.append(f"Seeds that do not match the baseline's, so {welch} instead: "
@@ -528,7 +562,7 @@ def _training_command(runs: Sequence[Run]) -> str:
 
 
 def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: Sequence[Path],
-             class_names: Sequence[str], evaluation: str | None = None, baseline: Row | None = None,
+             class_names: Sequence[str], evaluation: str | None = None, baseline: Baseline | None = None,
              paired: bool = False, curves: str | None = None) -> str:
     """``report.md``: the command that ran, the settings table (with the convergence flag from
     the learning curves and, with ``baseline``, the difference to it with its interval), the
@@ -569,7 +603,7 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
     curved = any(row.curve for row in rows)
     header += ["converged"] if curved else []
     delta_cells, delta_notes = deltas(rows, baseline, split, paired) if baseline is not None else ({}, [])
-    header += [f"Δ mIoU vs `{baseline.setting}`"] if baseline is not None else []
+    header += [f"Δ mIoU vs `{baseline.name}`"] if baseline is not None else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [f"`{row.setting}`", str(len(row.runs)), *(_fmt(row.stats.get(m)) for m in METRICS)]
@@ -625,9 +659,9 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
         # from the cue, on the pixels whose nearest cue misleads? Its interval, beside mIoU's.
         far = "color_acc/far_misleading"
         far_cells: dict[int, str] = {}
-        if baseline is not None and far in baseline.stats:
+        if baseline is not None and any(far in r.stats for r in baseline.rows()):
             far_cells, far_notes = deltas([r for r in rows if far in r.stats], baseline, split, paired, far)
-            lines[-2] += f" Δ {far.partition('/')[2]} vs `{baseline.setting}` |"
+            lines[-2] += f" Δ {far.partition('/')[2]} vs `{baseline.name}` |"
             lines[-1] += "---|"
         for row in rows:
             cells = [_fmt(row.stats.get(k)) for k in context]

@@ -6,7 +6,7 @@
 #   STUDIES="builtin_difnet_walks builtin_pdn_layers_neighbors" bash experiments/builtin_studies.sh
 # builtin_heads_far: seven heads, with the oracle rows and intervals against DeepLab-v2;
 # builtin_difnet_start: DifNet from the pretrained start, published head vs seed supervision;
-# builtin_pretrained_start: PDN and LG-LSTM from the pretrained start; builtin_difnet_walks:
+# builtin_pretrained_start: PDN and LG-LSTM from the pretrained start and from scratch; builtin_difnet_walks:
 # 1 vs 5 walks; builtin_pdn_layers_neighbors: 1 vs 4 layers x 8 vs 24 neighbours.
 # When named: builtin_budget (DeepLab-v2, FCN, PDN at 120 epochs: is the gap a budget
 # artefact?) and the earlier builtin_heads_difficulty (eight heads x near/far, 20 epochs).
@@ -26,6 +26,7 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
       report_args=(--baseline pathfinder_deeplabv2 --paired) ;;
     builtin_budget) report_args=(--baseline pathfinder_deeplabv2 --paired) ;;
     builtin_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;
+    builtin_pretrained_start) report_args=(--baseline backbone=tiny --paired) ;;  # per head
     builtin_difnet_walks) report_args=(--baseline model.walks=5 --paired) ;;
     builtin_pdn_layers_neighbors) report_args=(--baseline "model.layers=4 model.neighbors=24" --paired) ;;
   esac

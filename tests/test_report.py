@@ -514,3 +514,33 @@ def test_an_override_that_changes_nothing_computed_names_no_setting(tmp_path, ca
     assert "| `(defaults)` | 2 | 55.00 ± 7.07 |" in report  # model=pdn: every run's
     assert "| `paths.data_dir=/elsewhere` | 1 | 40.00 |" in report
     assert "trainer.enable_progress_bar=False" in report.split("| setting |")[0]
+
+
+def test_a_baseline_that_several_settings_have_compares_each_row_with_its_twin(tmp_path, capsys):
+    """--baseline model.neighbors=8 on layers × neighbours: each 24NB row against the 8NB row of
+    its depth (paired over the seeds), the 8NB rows are baselines, a row without a twin gets
+    `–`; a name that is no override of the groups is refused with the settings."""
+    sweep = tmp_path / "sweep"
+    miou = {(1, 8): [0.50, 0.52], (1, 24): [0.53, 0.56], (4, 8): [0.60, 0.61], (4, 24): [0.70, 0.70],
+            (2, 24): [0.55, 0.57]}
+    n = 0
+    for (layers, neighbors), values in miou.items():
+        for seed, value in enumerate(values, start=1):
+            make_job(sweep, n, ["study=toy", f"model.layers={layers}", f"model.neighbors={neighbors}",
+                                f"seed={seed}"], metrics(value), STUDY)
+            n += 1
+    code, _, err = run(capsys, sweep, "--baseline", "model.neighbors=8", "--paired")
+    assert code == 0, err
+    report = (sweep / "report.md").read_text()
+    rows = {line.split(" | ")[0]: line.split(" | ")[-1].rstrip(" |")
+            for line in report.split("## Per-class")[0].splitlines() if line.startswith("| `model")}
+    assert "| Δ mIoU vs `model.neighbors=8` |" in report
+    assert rows["| `model.layers=1 model.neighbors=8`"] == "baseline"
+    assert rows["| `model.layers=4 model.neighbors=8`"] == "baseline"
+    # paired differences: 1 layer (3, 4) points, 4 layers (10, 9): means +3.50 and +9.50
+    assert rows["| `model.layers=1 model.neighbors=24`"].startswith("+3.50 [")
+    assert rows["| `model.layers=4 model.neighbors=24`"].startswith("+9.50 [")
+    assert rows["| `model.layers=2 model.neighbors=24`"] == "–"
+    assert "the row with `model.neighbors=8` and the row's other overrides" in report
+    code, _, err = run(capsys, sweep, "--baseline", "model.layers")
+    assert code == 2 and "--baseline 'model.layers': matches 5 settings" in err

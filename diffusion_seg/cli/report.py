@@ -8,7 +8,9 @@ Writes into the (first) sweep dir, or ``--out``:
   in a second table, and the runs that did not finish;
   whether each setting's learning curve has converged (``converged``), with ``--baseline``
   the difference of each setting's mIoU to the baseline's with a 95 % confidence interval
-  (Welch; ``--paired``: paired t over matching seeds), and for pathfinder runs the colour
+  (Welch; ``--paired``: paired t over matching seeds; ``--baseline key=value`` that several
+  settings have: each against its twin with ``key=value``, e.g. pretrained against scratch
+  per head), and for pathfinder runs the colour
   accuracy of the path pixels called path (``color_acc``, by distance from the cue);
 * ``report.png``: the metric of the split against the study's knob, one line per setting,
   error bars over seeds (a bar chart when there is no numeric knob);
@@ -73,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", default=None, metavar="SETTING",
                         help="add the difference of each setting's mIoU to this one's (a setting as "
                              "the table names it, or a part of one only it has), with a 95 %% Welch "
-                             "confidence interval")
+                             "confidence interval; overrides several settings have (e.g. "
+                             "backbone=tiny): each setting against the one with those overrides "
+                             "and its other overrides")
     parser.add_argument("--paired", action="store_true",
                         help="with --baseline: the paired t interval over the seeds a setting shares "
                              "with the baseline (Welch where the seeds differ)")
