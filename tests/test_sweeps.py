@@ -459,13 +459,15 @@ def test_a_study_trains_a_setting_another_study_ran_once(tmp_path):
     assert yaml.safe_load((reused / CONFIG_FILE).read_text())["task_name"] == "b"
     assert "reused_from" not in yaml.safe_load((trained / FINISHED_FILE).read_text())
 
-    run_cli("diffusion_seg.report", str(second), log_dir=tmp_path)
-    report = (second / "report.md").read_text()
-    assert "1 of the 2 runs were not trained again" in report and "- `1` ← `../../a/sweep/0`" in report
+    from diffusion_seg.cli.report import main as report
+
+    assert report([str(second)]) == 0
+    report_md = (second / "report.md").read_text()
+    assert "1 of the 2 runs were not trained again" in report_md and "- `1` ← `../../a/sweep/0`" in report_md
     with open(second / "runs.csv") as f:
         rows = {r["job"]: r for r in csv.DictReader(f)}
     assert rows["1"]["reused_from"] == "../../a/sweep/0" and rows["0"]["reused_from"] == ""
-    run_cli("diffusion_seg.report", str(first), log_dir=tmp_path)
+    assert report([str(first)]) == 0
     with open(first / "runs.csv") as f:
         minutes = next(csv.DictReader(f))["minutes"]
     assert rows["1"]["minutes"] == minutes  # the original's time, not the copy's

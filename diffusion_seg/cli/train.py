@@ -98,6 +98,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Fails on a missing checkpoint or a dir holding another job, before building anything.
     plan = plan_run(output_dir, overrides, cfg.get("resume"), cfg.get("ckpt_path"), cfg.get("auto_resume", True))
     if plan.action == "start" and cfg.get("reuse_from"):
+        if not Path(cfg.reuse_from).is_dir():
+            log.warning("reuse_from=%s is not a directory: no job to reuse there; training", cfg.reuse_from)
         source = find_reusable(Path(cfg.reuse_from), resolved_config(cfg), output_dir)
         if source is not None:
             plan = RunPlan("reuse", source=source, finished=read_yaml(source / FINISHED_FILE),
