@@ -630,7 +630,9 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
         lines += ["", f"Converged: `yes` when the mean over seeds of val mIoU gained less than "
                   f"{CONVERGED_GAIN:g} mIoU points over the last {100 * CONVERGED_TAIL:g} % of the "
                   "training steps (from the CSV log, `<job>/csv/metrics.csv`; gain in brackets), "
-                  "`no: still climbing` otherwise, `–` without a logged curve."]
+                  "`no: still climbing` otherwise, `–` without a logged curve. Under a schedule "
+                  "that anneals the learning rate to zero (poly) a flat tail can mean the schedule "
+                  "ended rather than that training converged: a longer schedule is the check."]
     else:
         lines += ["", f"No learning curves: no job logged `{CURVE_KEY}` in `<job>/{CSV_LOG.as_posix()}`."]
     if delta_notes:
