@@ -17,12 +17,13 @@ With ``auto_resume=true`` (the default) a job that finds ``finished.yaml`` retur
 metrics without training (**skip**); one that finds ``checkpoints/last.ckpt`` but no marker
 continues from it (**resume**: a requeued SLURM job, a relaunched sweep, a crash); otherwise
 it **starts** — or, with ``reuse_from=<dir>``, **reuses** a finished job under that dir that
-computed the same thing (:func:`find_reusable`: the same config but for where it wrote and how it
-was labelled, the same code and library versions): the job copies that job's records
-(``finished.yaml`` with ``reused_from``, its logs; ``checkpoints`` a link to the original)
-instead of training. Two studies that share a setting (a study's baseline row is another's
-row) then train it once; the report names every reused run. A job in a dir that holds another job (other overrides) is refused
-(:func:`plan_run`; a sweep's launch is checked as a whole before it starts,
+computed the same thing (:func:`find_reusable`: the same config but for where it wrote and how
+it was labelled, the same code and library versions; files the config names, such as weights,
+are compared by path): the job copies that job's records (``finished.yaml`` with
+``reused_from``, its logs; ``checkpoints`` a link to the original) instead of training. Two
+studies that share a setting (a study's baseline row is another's row) then train it once; the
+report names every reused run. A job in a dir that holds another job (other overrides) is
+refused (:func:`plan_run`; a sweep's launch is checked as a whole before it starts,
 :class:`diffusion_seg.sweeps.RelaunchGuard`).
 """
 
