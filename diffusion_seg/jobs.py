@@ -54,18 +54,17 @@ JOB_FILE = "job.yaml"
 CONFIG_FILE = "config.yaml"
 FINISHED_FILE = "finished.yaml"
 # What each plan did, as the logs say it.
-WORDS = {"skip": "skipped (finished before)", "resume": "resumed", "start": "started",
-         "reuse": "reused (the same job finished elsewhere)"}
+WORDS = {"skip": "skipped (finished before)", "reuse": "reused (the same job finished elsewhere)",
+         "resume": "resumed", "start": "started"}
 # Overrides that do not change what a job computes: left out when a job dir is matched.
 NEUTRAL_KEYS = ("resume", "ckpt_path", "auto_resume")
-# Config keys that say where a job writes and how it is labelled, not what it computes: left out
-# when a job is matched with a finished one to reuse (find_reusable). Paths inside the job's own
-# dir (checkpoints, logs) are compared relative to it.
-UNCOMPUTED_KEYS = ("study", "paths", "task_name", "logger", "auto_resume", "reuse_from",
-                   "trainer.enable_progress_bar", "trainer.default_root_dir")
-# Of those, the keys whose override changes nothing else (other keys interpolate paths and
-# task_name): a report leaves them out of the name of a setting (diffusion_seg.studies).
+# Config keys that change nothing a job computes and nothing else in its config: a report
+# leaves their overrides out of the name of a setting (diffusion_seg.studies).
 UNLABELLED_KEYS = ("logger", "auto_resume", "reuse_from", "trainer.enable_progress_bar")
+# Those and the keys that say where a job writes (other keys interpolate paths and task_name):
+# left out when a job is matched with a finished one to reuse (find_reusable). Paths inside
+# the job's own dir (checkpoints, logs) are compared relative to it.
+UNCOMPUTED_KEYS = (*UNLABELLED_KEYS, "study", "paths", "task_name", "trainer.default_root_dir")
 # What a reusing job does not copy from the job it reuses: its own records, Hydra's, and the
 # checkpoints (linked instead: they can be large).
 UNCOPIED = (JOB_FILE, CONFIG_FILE, FINISHED_FILE, ".hydra", "checkpoints", "wandb")
@@ -220,8 +219,6 @@ def find_reusable(root: Path, config: dict[str, Any], output_dir: Path) -> Path 
     """A finished job under ``root`` (not a reuse itself, not ``output_dir``) whose recorded
     config computes what ``config`` computes (:func:`computed_config`) with this
     :func:`code_version`; the first in path order, or ``None``."""
-    if not root.is_dir():
-        return None
     wanted, code = computed_config(config), code_version()
     for marker in sorted(root.rglob(FINISHED_FILE)):
         job = marker.parent

@@ -223,5 +223,5 @@ class SweepReport(_HydraCallback):  # type: ignore[misc,valid-type]
             log.info(
                 "Sweep %s: %s",
                 sweep_dir,
-                ", ".join(f"{counts[a]} {WORDS[a]}" for a in ("skip", "reuse", "resume", "start") if counts.get(a)),
+                ", ".join(f"{counts[a]} {WORDS[a]}" for a in WORDS if counts.get(a)),
             )
