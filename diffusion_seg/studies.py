@@ -23,6 +23,7 @@ Offline and plain: no W&B, no Lightning, no torch. The command is
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import statistics
@@ -35,7 +36,7 @@ import yaml
 
 from diffusion_seg.errors import UserError
 # The records a training job writes into its dir.
-from diffusion_seg.jobs import CONFIG_FILE, FINISHED_FILE, JOB_FILE, UNLABELLED_KEYS
+from diffusion_seg.jobs import CONFIG_FILE, FINISHED_FILE, JOB_FILE, UNLABELLED_KEYS, computed_config
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -78,6 +79,8 @@ class Run:
     command: str | None = None
     # The job whose records this one copied instead of training (``reuse_from``, diffusion_seg.jobs).
     reused_from: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict, repr=False)  # its config.yaml
+    code: str | None = None  # ``code`` in its job.yaml (diffusion_seg.jobs.code_version)
 
     @property
     def setting(self) -> str:
@@ -147,7 +150,8 @@ def read_run(job: Path, evaluation: str | None = None) -> Run:
     wrote (e.g. multi-scale, CRF, another split or dataset option)."""
     record = _job_file(job)
     overrides, config, legacy = job_record(job, record)
-    run = Run(job, overrides, dict(config.get("study") or {}), legacy=legacy, command=record.get("command"))
+    run = Run(job, overrides, dict(config.get("study") or {}), legacy=legacy, command=record.get("command"),
+              config=config, code=record.get("code"))
     run.curve = read_curve(job / CSV_LOG)
     if evaluation is not None:
         metrics = job / evaluation / "metrics.yaml"
@@ -363,6 +367,7 @@ class Baseline:
     name: str  # as the report's headers show it
     of: dict[int, Row]  # id(row) → its baseline (rows without a twin are absent)
     grouped: bool = False
+    against: str = ""  # what a row is compared with, in words (default: from ``grouped``)
 
     def rows(self) -> list[Row]:
         """The baseline rows, each once."""
@@ -435,8 +440,8 @@ def deltas(rows: Sequence[Row], baseline: Baseline, split: str, paired: bool = F
             cells[id(row)] = _fmt_delta(*welch_interval(list(row.values(key).values()), base))
             welch_rows.append(row.setting)
     name = f"`{baseline.name}`"
-    against = (f"the row with {name} and the row's other overrides (`–`: no such row)"
-               if baseline.grouped else "the baseline")
+    against = baseline.against or (f"the row with {name} and the row's other overrides (`–`: no such row)"
+                                    if baseline.grouped else "the baseline")
     notes = [f"Δ {metric} vs {name}: the mean {split} {metric} of the row minus that of {against}, "
              "in points, with its 95 % confidence interval; `[n<2]`: fewer than two runs on a "
              "side, no interval."]
@@ -563,11 +568,12 @@ def _training_command(runs: Sequence[Run]) -> str:
 
 def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: Sequence[Path],
              class_names: Sequence[str], evaluation: str | None = None, baseline: Baseline | None = None,
-             paired: bool = False, curves: str | None = None) -> str:
+             paired: bool = False, curves: str | None = None, sections: Sequence[str] = ()) -> str:
     """``report.md``: the command that ran, the settings table (with the convergence flag from
     the learning curves and, with ``baseline``, the difference to it with its interval), the
     learning curves (``curves``: the PNG's name), the per-class IoU table, the pathfinder
-    context table, unfinished runs. Paths are relative to the first sweep dir."""
+    context table, the lines of further ``sections`` (:func:`against_section`), unfinished
+    runs. Paths are relative to the first sweep dir."""
     study = runs[0].study if runs else {}
     base = sweep_dirs[0]
     title = study.get("name") or "sweep"
@@ -580,7 +586,8 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
               f"split from {source} in %, mean ± standard deviation over the seeds (n runs).", ""]
     if runs:
         lines += ["What ran, from the overrides each job recorded (`<job>/job.yaml`; launcher "
-                  "options are not part of it):", "", "```", launch_command(runs), "```", ""]
+                  "options are not part of it):", "", "```", launch_command(runs), "```", "",
+                  f"Code the runs recorded (`code` in `<job>/job.yaml`): {code_versions(runs)}.", ""]
     legacy = [r for r in runs if r.legacy]
     if legacy:
         lines += [f"{len(legacy)} of the {len(runs)} runs have no `job.yaml` / `config.yaml` of their "
@@ -671,10 +678,93 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
             lines.append(f"| `{row.setting}` | " + " | ".join(cells) + " |")
         if far_cells:
             lines += ["", *far_notes]
+    lines += sections
     unfinished = [r for r in runs if r.status != "finished"]
     lines += ["", f"## Runs: {len(runs) - len(unfinished)} finished, {len(unfinished)} not", ""]
     lines += [f"- {r.status}: `{relative(r.path, base)}` ({' '.join(r.overrides) or 'defaults'})" for r in unfinished]
     return "\n".join(lines) + "\n"
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``dotted key → value`` (lists are values)."""
+    if not isinstance(node, dict):
+        return {prefix.removesuffix("."): node}
+    leaves: dict[str, Any] = {}
+    for key, value in node.items():
+        leaves.update(_leaves(value, f"{prefix}{key}."))
+    return leaves
+
+
+def config_changes(here: Run, there: Run) -> list[str]:
+    """``key: there → here`` for every entry that differs between what the two runs' recorded
+    configs compute (:func:`diffusion_seg.jobs.computed_config`: not the study, paths, loggers,
+    progress bar), the seed aside; sorted by key."""
+    a, b = (_leaves(json.loads(computed_config(r.config))) for r in (here, there))
+    missing = object()
+    return [f"{key}: {json.dumps(b.get(key))} → {json.dumps(a.get(key))}"
+            for key in sorted(a.keys() | b.keys())
+            if key != "seed" and a.get(key, missing) != b.get(key, missing)]
+
+
+def code_versions(runs: Sequence[Run]) -> str:
+    """The code the runs recorded (``code`` in ``job.yaml``: a hash of the package's sources
+    and the torch, lightning and timm versions), each with its number of runs."""
+    counts: dict[str | None, int] = {}
+    for run in runs:
+        counts[run.code] = counts.get(run.code, 0) + 1
+    return ", ".join(f"`{code}` ({n} run{'s' * (n > 1)})" if code else
+                     f"not recorded ({n} run{'s' * (n > 1)} from before jobs recorded it)"
+                     for code, n in counts.items())
+
+
+def _same_seed(run: Run, other: Row) -> Run:
+    return next((r for r in other.runs if r.value("seed") == run.value("seed")), other.runs[0])
+
+
+def against_section(rows: Sequence[Row], other_runs: Sequence[Run], split: str, paired: bool,
+                    sweep_dirs: Sequence[Path], other_dirs: Sequence[Path]) -> list[str]:
+    """``report --against``: each setting against the setting of the same name in another
+    study's sweeps (the same heads at another budget, say). Per row: what differs between the
+    configs the runs recorded (:func:`config_changes`, so the comparison is named by what ran,
+    not by a label), the difference of mIoU and, for pathfinder runs, of far-misleading colour
+    accuracy, each with its 95 % interval (:func:`deltas`: paired t over shared seeds with
+    ``paired``, else Welch), and both convergence flags. The lines of the report's section."""
+    other_rows = aggregate(other_runs, split)
+    there = {row.setting: row for row in other_rows}
+    study = other_runs[0].study.get("name") or "the other sweeps"
+    if not any(row.setting in there for row in rows):
+        raise ReportError(f"--against: no setting of {', '.join(map(str, other_dirs))} is one of this "
+                          f"report's ({'; '.join(r.setting for r in rows)}); its settings: "
+                          f"{'; '.join(there) or 'none finished'}")
+    matched = Baseline(study, {id(r): there[r.setting] for r in rows if r.setting in there},
+                       against=f"the row of the same setting in `{study}`")
+    cells, notes = deltas(rows, matched, split, paired)
+    far = "color_acc/far_misleading"
+    far_rows = [r for r in rows if far in r.stats and far in getattr(matched.of.get(id(r)), "stats", {})]
+    far_cells, far_notes = deltas(far_rows, matched, split, paired, far) if far_rows else ({}, [])
+    header = ["setting", f"what differs (`{study}` → here)", f"Δ mIoU vs `{study}`"]
+    header += [f"Δ far_misleading vs `{study}`"] if far_cells else []
+    header += ["converged here", f"converged in `{study}`"]
+    named = ", ".join(f"`{relative(d, sweep_dirs[0])}`" for d in other_dirs)
+    lines = ["", f"## Against `{study}`", "",
+             f"Each setting against the same setting in the runs of {named} ({split} split): what "
+             "differs between the configs the runs recorded (`<job>/config.yaml`, the seed, study, "
+             "paths and loggers aside), and the differences with their intervals.", "",
+             f"Code the runs recorded: here {code_versions([r for row in rows for r in row.runs])}; "
+             f"in `{study}` {code_versions([r for row in other_rows for r in row.runs])}. A change "
+             "of code between the two can change results as much as a change of config.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        other = matched.of.get(id(row))
+        changes = config_changes(row.runs[0], _same_seed(row.runs[0], other)) if other else []
+        cells_row = [f"`{row.setting}`",
+                     "<br>".join(f"`{c}`" for c in changes) or ("nothing" if other else "–"),
+                     cells[id(row)]]
+        cells_row += [far_cells.get(id(row), "–")] if far_cells else []
+        cells_row += [converged(row.curve), converged(other.curve) if other else "–"]
+        lines.append("| " + " | ".join(cells_row) + " |")
+    lines += ["", *notes, *(n for n in far_notes if n not in notes)]
+    return lines
 
 
 def write_csv(path: Path, runs: Sequence[Run], base: Path) -> None:

@@ -8,8 +8,9 @@
 # builtin_difnet_start: DifNet from the pretrained start, published head vs seed supervision;
 # builtin_pretrained_start: PDN and LG-LSTM from the pretrained start and from scratch; builtin_difnet_walks:
 # 1 vs 5 walks; builtin_pdn_layers_neighbors: 1 vs 4 layers x 8 vs 24 neighbours.
-# When named: builtin_budget (DeepLab-v2, FCN, PDN at 120 epochs: is the gap a budget
-# artefact?) and the earlier builtin_heads_difficulty (eight heads x near/far, 20 epochs).
+# When named: builtin_budget (the seven heads at 120 epochs: is the ranking a budget
+# artefact? reported against builtin_heads_far's latest sweep) and the earlier
+# builtin_heads_difficulty (eight heads x near/far, 20 epochs).
 # A job another study ran with the same config and code is reused, not trained again
 # (reuse_from in conf/study/builtin_*.yaml; reuse_from=null trains every job).
 # Wall times (hours in all on 2 cores, not the 60 min issue 20 asks for): docs/studies.md.
@@ -24,7 +25,10 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
     builtin_heads_far)
       .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # the non-learned ceiling
       report_args=(--baseline pathfinder_deeplabv2 --paired) ;;
-    builtin_budget) report_args=(--baseline pathfinder_deeplabv2 --paired) ;;
+    builtin_budget)
+      report_args=(--baseline pathfinder_deeplabv2 --paired)
+      shorter=$(ls -d "${DIFFUSION_SEG_LOGS:-logs}"/studies/builtin_heads_far/*/ 2>/dev/null | sort | tail -n 1)
+      if [ -n "$shorter" ]; then report_args+=(--against "$shorter"); fi ;;  # 120 vs 60 epochs
     builtin_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;
     builtin_pretrained_start) report_args=(--baseline backbone=tiny --paired) ;;  # per head
     builtin_difnet_walks) report_args=(--baseline model.walks=5 --paired) ;;

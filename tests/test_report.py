@@ -14,17 +14,20 @@ from diffusion_seg.cli.report import main
 
 
 def make_job(sweep: Path, num: int, overrides: list[str], metrics: dict | None,
-             study: dict | None = None, status: str = "finished", legacy: bool = False) -> Path:
+             study: dict | None = None, status: str = "finished", legacy: bool = False,
+             config: dict | None = None, code: str | None = None) -> Path:
     """A job dir as a training job leaves it: its own records (job.yaml, config.yaml), Hydra's
     .hydra/ and, once done, finished.yaml; ``legacy``: a job dir from before the job's own
-    records (.hydra/ only)."""
+    records (.hydra/ only); ``config``: entries of its composed config; ``code``: the code
+    version job.yaml records."""
     job = sweep / str(num)
-    config = {"seed": 0, **({"study": study} if study else {})}
+    config = {"seed": 0, **(config or {}), **({"study": study} if study else {})}
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     if not legacy:
-        (job / "job.yaml").write_text(yaml.safe_dump({"overrides": sorted(overrides), "attempts": []}))
+        record = {"overrides": sorted(overrides), "attempts": [], **({"code": code} if code else {})}
+        (job / "job.yaml").write_text(yaml.safe_dump(record))
         (job / "config.yaml").write_text(yaml.safe_dump(config))
     if metrics is not None:
         (job / "finished.yaml").write_text(yaml.safe_dump({"status": status, "metrics": metrics}))
@@ -544,3 +547,48 @@ def test_a_baseline_that_several_settings_have_compares_each_row_with_its_twin(t
     assert "the row with `model.neighbors=8` and the row's other overrides" in report
     code, _, err = run(capsys, sweep, "--baseline", "model.layers")
     assert code == 2 and "--baseline 'model.layers': matches 5 settings" in err
+
+
+def test_each_setting_against_the_same_setting_in_another_study(tmp_path, capsys):
+    """--against: each row against the row of the same setting in another study's sweeps,
+    named by what differs in the configs the runs recorded (not by a label), with the paired
+    interval over the shared seeds, both convergence flags and the code each side recorded."""
+    from scipy import stats
+
+    short, long = tmp_path / "short", tmp_path / "long"
+    values = {"short": {"model=fcn": (0.40, 0.42, 0.47), "model=pdn": (0.60, 0.61, 0.66)},
+              "long": {"model=fcn": (0.45, 0.49, 0.50), "model=pdn": (0.62, 0.65, 0.67),
+                       "model=unet": (0.55, 0.56, 0.52)}}
+    for sweep, epochs, code in ((short, 60, None), (long, 120, "abc")):
+        num = 0
+        for setting, per_seed in values[sweep.name].items():
+            for seed, miou in enumerate(per_seed, 1):
+                far = {"test/color_acc": 0.9, "test/color_acc/far_misleading": miou + 0.2}
+                make_job(sweep, num, [f"study={sweep.name}", setting, f"seed={seed}"],
+                         {**metrics(miou), **far}, {"name": sweep.name},
+                         config={"trainer": {"max_epochs": epochs, "devices": 1}, "logger": {"x": num}},
+                         code=code)
+                num += 1
+    assert run(capsys, long, "--against", short, "--paired")[0] == 0  # --paired without --baseline
+    report = (long / "report.md").read_text()
+    section = report.split("## Against `short`")[1].split("## Runs")[0]
+    header = next(line for line in section.splitlines() if line.startswith("| setting |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["setting", "what differs (`short` → here)", "Δ mIoU vs `short`",
+                                     "Δ far_misleading vs `short`", "converged here", "converged in `short`"]
+    for setting in ("model=fcn", "model=pdn"):
+        here, there = values["long"][setting], values["short"][setting]
+        ci = stats.ttest_rel([100 * v for v in here], [100 * v for v in there]).confidence_interval(0.95)
+        diff = statistics.fmean(100 * (a - b) for a, b in zip(here, there))
+        cells = table_row(section, setting)
+        assert cells[1] == "`trainer.max_epochs: 60 → 120`"  # the logger differs, but computes nothing
+        assert cells[2] == cells[3] == f"{diff:+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]"
+        assert cells[4:] == ["–", "–"]  # no learning curves logged
+    assert table_row(section, "model=unet")[1:4] == ["–", "–", "–"]  # not in the other study
+    assert "paired t interval of the per-seed differences" in section
+    assert "here `abc` (9 runs); in `short` not recorded (6 runs from before jobs recorded it)" in section
+    assert "Code the runs recorded (`code` in `<job>/job.yaml`): `abc` (9 runs)." in report
+
+    make_job(tmp_path / "other", 0, ["study=other", "model=deeplab"], metrics(0.4), {"name": "other"})
+    code, _, err = run(capsys, long, "--against", tmp_path / "other")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: --against: no setting of {tmp_path / 'other'} is one of this report's")

@@ -11,7 +11,9 @@ Writes into the (first) sweep dir, or ``--out``:
   (Welch; ``--paired``: paired t over matching seeds; ``--baseline key=value`` that several
   settings have: each against its twin with ``key=value``, e.g. pretrained against scratch
   per head), and for pathfinder runs the colour
-  accuracy of the path pixels called path (``color_acc``, by distance from the cue);
+  accuracy of the path pixels called path (``color_acc``, by distance from the cue); with
+  ``--against <sweep dir> ...`` (another study's sweeps) each setting against the same setting
+  there: what differs in the configs the runs recorded, and the differences with intervals;
 * ``report.png``: the metric of the split against the study's knob, one line per setting,
   error bars over seeds (a bar chart when there is no numeric knob);
 * ``curves.png``: val mIoU against the optimizer step per setting (mean over seeds, min–max
@@ -33,6 +35,7 @@ from pathlib import Path
 from diffusion_seg.cli.errors import ArgumentParser, user_errors
 from diffusion_seg.studies import (
     ReportError,
+    against_section,
     aggregate,
     find_baseline,
     gather,
@@ -81,12 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--paired", action="store_true",
                         help="with --baseline: the paired t interval over the seeds a setting shares "
                              "with the baseline (Welch where the seeds differ)")
+    parser.add_argument("--against", nargs="+", type=Path, default=None, metavar="SWEEP",
+                        help="sweep dirs of another study: each setting against the same setting "
+                             "there (e.g. the same heads at another budget), with what differs in "
+                             "the configs the runs recorded and the differences' 95 %% intervals "
+                             "(--paired: over shared seeds)")
     parser.add_argument("--wandb", action="store_true", help="also log the table to the sweep's W&B group")
     parser.add_argument("--project", default="diffusion-seg", help="W&B project (with --wandb)")
     args = parser.parse_args(argv)
     with user_errors():
-        if args.paired and args.baseline is None:
-            raise ReportError("--paired needs --baseline SETTING")
+        if args.paired and args.baseline is None and args.against is None:
+            raise ReportError("--paired needs --baseline SETTING or --against SWEEP")
         runs = gather(args.sweeps, args.eval)
         split = pick_split(runs, args.split)
         finished = [r for r in runs if r.status == "finished"]
@@ -96,12 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         class_names = [k[len(prefix):] for k in finished[0].metrics if k.startswith(prefix)]
         rows = aggregate(runs, split, class_names)
         baseline = find_baseline(rows, args.baseline) if args.baseline is not None else None
+        against = (against_section(rows, gather(args.against, args.eval), split, args.paired,
+                                   args.sweeps, args.against) if args.against else [])
         out = args.out or args.sweeps[0]
         out.mkdir(parents=True, exist_ok=True)
         title = (runs[0].study.get("name") or "sweep") + (f", evaluation {args.eval}" if args.eval else "")
         curves = plot_curves(out / "curves.png", rows, title=runs[0].study.get("name") or "sweep")
         (out / "report.md").write_text(markdown(rows, runs, split, args.sweeps, class_names, args.eval,
-                                                baseline, args.paired, "curves.png" if curves else None))
+                                                baseline, args.paired, "curves.png" if curves else None,
+                                                against))
         plot(out / "report.png", rows, runs[0].study.get("knob"), split, title=title)
         write_csv(out / "runs.csv", runs, args.sweeps[0])
         if args.wandb:
