@@ -8,8 +8,9 @@
 # builtin_difnet_start: DifNet from the pretrained start, published head vs seed supervision;
 # builtin_pretrained_start: PDN and LG-LSTM from the pretrained start and from scratch; builtin_difnet_walks:
 # 1 vs 5 walks; builtin_pdn_layers_neighbors: 1 vs 4 layers x 8 vs 24 neighbours.
-# When named: builtin_budget (the seven heads at 120 epochs: is the ranking a budget
-# artefact? reported against builtin_heads_far's latest sweep) and the earlier
+# When named: builtin_budget (the seven heads at 120 epochs, and DifNet with 1 walk and PDN
+# with 8 neighbours: is the ranking a budget artefact? reported against builtin_heads_far's
+# latest sweep) and the earlier
 # builtin_heads_difficulty (eight heads x near/far, 20 epochs).
 # A job another study ran with the same config and code is reused, not trained again
 # (reuse_from in conf/study/builtin_*.yaml; reuse_from=null trains every job).
@@ -17,24 +18,32 @@
 # Extra arguments go to every sweep, e.g. logger=wandb or hydra.launcher.n_jobs=4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+latest() { ls -d "${DIFFUSION_SEG_LOGS:-logs}"/studies/$1/*/ 2>/dev/null | sort | tail -n 1; }
 for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretrained_start builtin_difnet_walks builtin_pdn_layers_neighbors}; do
   .venv/bin/python -m diffusion_seg.train -m study=$study hydra/launcher=joblib hydra.launcher.n_jobs=2 "$@"
-  sweep=$(ls -d "${DIFFUSION_SEG_LOGS:-logs}"/studies/$study/*/ | sort | tail -n 1)
+  sweep=$(latest $study)
+  sweeps=("$sweep")
   report_args=()
   case $study in
     builtin_heads_far)
       .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # the non-learned ceiling
       report_args=(--baseline pathfinder_deeplabv2 --paired) ;;
     builtin_budget)
+      # The two trends 60 epochs left unresolved (1 vs 5 walks, 8 vs 24 neighbours), as rows
+      # of this study: one sweep each, one report.
+      for rows in "experiment=pathfinder_difnet model.walks=1" "experiment=pathfinder_pdn model.neighbors=8"; do
+        .venv/bin/python -m diffusion_seg.train -m study=$study $rows hydra/launcher=joblib hydra.launcher.n_jobs=2 "$@"
+        sweeps+=("$(latest $study)")
+      done
       report_args=(--baseline pathfinder_deeplabv2 --paired)
-      shorter=$(ls -d "${DIFFUSION_SEG_LOGS:-logs}"/studies/builtin_heads_far/*/ 2>/dev/null | sort | tail -n 1)
+      shorter=$(latest builtin_heads_far)
       if [ -n "$shorter" ]; then report_args+=(--against "$shorter"); fi ;;  # 120 vs 60 epochs
     builtin_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;
     builtin_pretrained_start) report_args=(--baseline backbone=tiny --paired) ;;  # per head
     builtin_difnet_walks) report_args=(--baseline model.walks=5 --paired) ;;
     builtin_pdn_layers_neighbors) report_args=(--baseline "model.layers=4 model.neighbors=24" --paired) ;;
   esac
-  .venv/bin/python -m diffusion_seg.report "$sweep" --out experiments/reports/$study "${report_args[@]}"
+  .venv/bin/python -m diffusion_seg.report "${sweeps[@]}" --out experiments/reports/$study "${report_args[@]}"
   if [ $study = builtin_heads_difficulty ]; then
     bash experiments/builtin_far_pixels.sh "$sweep"
   fi
