@@ -740,7 +740,7 @@ def against_section(rows: Sequence[Row], other_runs: Sequence[Run], split: str, 
                        against=f"the row of the same setting in `{study}`")
     cells, notes = deltas(rows, matched, split, paired)
     far = "color_acc/far_misleading"
-    far_rows = [r for r in rows if far in r.stats and far in getattr(matched.of.get(id(r)), "stats", {})]
+    far_rows = [r for r in rows if far in r.stats]  # a row whose match lacks it gets `–`
     far_cells, far_notes = deltas(far_rows, matched, split, paired, far) if far_rows else ({}, [])
     header = ["setting", f"what differs (`{study}` → here)", f"Δ mIoU vs `{study}`"]
     header += [f"Δ far_misleading vs `{study}`"] if far_cells else []
