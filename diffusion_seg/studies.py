@@ -27,6 +27,7 @@ import json
 import math
 import os
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -700,18 +701,18 @@ def config_changes(here: Run, there: Run) -> list[str]:
     configs compute (:func:`diffusion_seg.jobs.computed_config`: not the study, paths, loggers,
     progress bar), the seed aside; sorted by key."""
     a, b = (_leaves(json.loads(computed_config(r.config))) for r in (here, there))
-    missing = object()
-    return [f"{key}: {json.dumps(b.get(key))} → {json.dumps(a.get(key))}"
-            for key in sorted(a.keys() | b.keys())
-            if key != "seed" and a.get(key, missing) != b.get(key, missing)]
+
+    def shown(config: dict[str, Any], key: str) -> str:  # a key one config lacks is not null
+        return json.dumps(config[key]) if key in config else "(absent)"
+
+    return [f"{key}: {shown(b, key)} → {shown(a, key)}" for key in sorted(a.keys() | b.keys())
+            if key != "seed" and (key not in a or key not in b or a[key] != b[key])]
 
 
 def code_versions(runs: Sequence[Run]) -> str:
     """The code the runs recorded (``code`` in ``job.yaml``: a hash of the package's sources
     and the torch, lightning and timm versions), each with its number of runs."""
-    counts: dict[str | None, int] = {}
-    for run in runs:
-        counts[run.code] = counts.get(run.code, 0) + 1
+    counts = Counter(run.code for run in runs)
     return ", ".join(f"`{code}` ({n} run{'s' * (n > 1)})" if code else
                      f"not recorded ({n} run{'s' * (n > 1)} from before jobs recorded it)"
                      for code, n in counts.items())
