@@ -201,8 +201,10 @@ def code_version() -> str:
 
 def computed_config(config: dict[str, Any]) -> str:
     """The part of a job's resolved config (``config.yaml``) that decides what it computes, as
-    canonical JSON: without :data:`UNCOMPUTED_KEYS`, and with the job's own dir as ``<job>``."""
-    config = json.loads(json.dumps(config, default=str))  # a deep copy
+    canonical JSON: without :data:`UNCOMPUTED_KEYS`, with the job's own dir as ``<job>``, and
+    a whole float as its int (``task.new_lr_mult=1`` on the command line computes what a
+    config's ``1.0`` does)."""
+    config = json.loads(json.dumps(config, default=str), parse_float=_whole_as_int)  # a deep copy
     job_dir = str((config.get("paths") or {}).get("output_dir") or "")
     for dotted in UNCOMPUTED_KEYS:
         *parents, key = dotted.split(".")
@@ -213,6 +215,11 @@ def computed_config(config: dict[str, Any]) -> str:
             node.pop(key, None)
     text = json.dumps(config, sort_keys=True)
     return text.replace(json.dumps(job_dir)[1:-1], "<job>") if job_dir else text
+
+
+def _whole_as_int(text: str) -> int | float:
+    number = float(text)
+    return int(number) if number.is_integer() else number
 
 
 def find_reusable(root: Path, config: dict[str, Any], output_dir: Path) -> Path | None:

@@ -733,6 +733,8 @@ def against_section(rows: Sequence[Row], other_runs: Sequence[Run], split: str, 
     other_rows = aggregate(other_runs, split)
     there = {row.setting: row for row in other_rows}
     study = other_runs[0].study.get("name") or "the other sweeps"
+    if rows and study == rows[0].runs[0].study.get("name"):  # another sweep of this study: name it
+        study += " " + ", ".join(d.name for d in other_dirs)
     if not any(row.setting in there for row in rows):
         raise ReportError(f"--against: no setting of {', '.join(map(str, other_dirs))} is one of this "
                           f"report's ({'; '.join(r.setting for r in rows)}); its settings: "

@@ -10,7 +10,8 @@
 # 1 vs 5 walks; builtin_pdn_layers_neighbors: 1 vs 4 layers x 8 vs 24 neighbours.
 # When named: builtin_budget (the seven heads at 120 epochs, and DifNet with 1 walk and PDN
 # with 8 neighbours: is the ranking a budget artefact? reported against builtin_heads_far's
-# latest sweep) and the earlier
+# latest sweep), builtin_scratch_recipe (the seven heads with every layer at SGD 0.1, as a
+# from-scratch backbone wants, 30 epochs, checked against 60) and the earlier
 # builtin_heads_difficulty (eight heads x near/far, 20 epochs).
 # A job another study ran with the same config and code is reused, not trained again
 # (reuse_from in conf/study/builtin_*.yaml; reuse_from=null trains every job).
@@ -38,6 +39,10 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
       report_args=(--baseline pathfinder_deeplabv2 --paired)
       shorter=$(latest builtin_heads_far)
       if [ -n "$shorter" ]; then report_args+=(--against "$shorter"); fi ;;  # 120 vs 60 epochs
+    builtin_scratch_recipe)
+      # The longer-schedule check: the same runs at 60 epochs, each row against its 60-epoch self.
+      .venv/bin/python -m diffusion_seg.train -m study=$study trainer.max_epochs=60 hydra/launcher=joblib hydra.launcher.n_jobs=2 "$@"
+      report_args=(--baseline pathfinder_deeplabv2 --paired --against "$(latest $study)") ;;
     builtin_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;
     builtin_pretrained_start) report_args=(--baseline backbone=tiny --paired) ;;  # per head
     builtin_difnet_walks) report_args=(--baseline model.walks=5 --paired) ;;

@@ -588,6 +588,11 @@ def test_each_setting_against_the_same_setting_in_another_study(tmp_path, capsys
     assert "here `abc` (9 runs); in `short` not recorded (6 runs from before jobs recorded it)" in section
     assert "Code the runs recorded (`code` in `<job>/job.yaml`): `abc` (9 runs)." in report
 
+    again = tmp_path / "2026-12-05_01-23-22"  # another sweep of the same study: named by its dir
+    make_job(again, 0, ["study=long", "model=fcn", "seed=1"], metrics(0.5), {"name": "long"})
+    assert run(capsys, long, "--against", again)[0] == 0
+    assert "## Against `long 2026-12-05_01-23-22`" in (long / "report.md").read_text()
+
     make_job(tmp_path / "other", 0, ["study=other", "model=deeplab"], metrics(0.4), {"name": "other"})
     code, _, err = run(capsys, long, "--against", tmp_path / "other")
     assert code == 2 and err.count("\n") == 1

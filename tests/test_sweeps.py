@@ -423,6 +423,8 @@ def test_a_job_reuses_only_a_finished_job_that_computed_the_same(tmp_path):
     assert find_reusable(root, mine, me) == source
     assert find_reusable(root, {**mine, "seed": 2}, me) is None           # another seed computes another thing
     assert find_reusable(root, {**mine, "model": {"layers": 1}}, me) is None
+    assert find_reusable(root, {**mine, "model": {"layers": 4.0}}, me) == source  # 4.0 computes what 4 does
+    assert find_reusable(root, {**mine, "model": {"layers": 4.5}}, me) is None
     assert find_reusable(root, mine, source) is None                       # never itself
     assert find_reusable(tmp_path / "nowhere", mine, me) is None
     record = yaml.safe_load((source / JOB_FILE).read_text())
