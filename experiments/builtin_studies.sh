@@ -11,7 +11,8 @@
 # When named: builtin_budget (the seven heads at 120 epochs, and DifNet with 1 walk and PDN
 # with 8 neighbours: is the ranking a budget artefact? reported against builtin_heads_far's
 # latest sweep), builtin_scratch_recipe (the seven heads with every layer at SGD 0.1, as a
-# from-scratch backbone wants, 30 epochs, checked against 60) and the earlier
+# from-scratch backbone wants, 30 epochs, checked against 60, with the walks and PDN layers x
+# neighbours rows) and the earlier
 # builtin_heads_difficulty (eight heads x near/far, 20 epochs).
 # A job another study ran with the same config and code is reused, not trained again
 # (reuse_from in conf/study/builtin_*.yaml; reuse_from=null trains every job).
@@ -19,9 +20,15 @@
 # Extra arguments go to every sweep, e.g. logger=wandb or hydra.launcher.n_jobs=4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-latest() { ls -d "${DIFFUSION_SEG_LOGS:-logs}"/studies/$1/*/ 2>/dev/null | sort | tail -n 1; }
+# The newest sweep of study $1, or nothing (not an error: set -e would stop the script).
+latest() { { ls -d "${DIFFUSION_SEG_LOGS:-logs}"/studies/$1/*/ 2>/dev/null || true; } | sort | tail -n 1; }
+overrides=("$@")
+# One sweep of $study, two jobs at a time: its arguments, then the extra ones of this script.
+train() { .venv/bin/python -m diffusion_seg.train -m study=$study "$@" hydra/launcher=joblib hydra.launcher.n_jobs=2 ${overrides[@]+"${overrides[@]}"}; }
+# More sweeps of $study, one per argument (its rows), reported with its first sweep.
+more_rows() { local rows; for rows in "$@"; do train $rows; sweeps+=("$(latest $study)"); done; }
 for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretrained_start builtin_difnet_walks builtin_pdn_layers_neighbors}; do
-  .venv/bin/python -m diffusion_seg.train -m study=$study hydra/launcher=joblib hydra.launcher.n_jobs=2 "$@"
+  train
   sweep=$(latest $study)
   sweeps=("$sweep")
   report_args=()
@@ -32,17 +39,17 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
     builtin_budget)
       # The two trends 60 epochs left unresolved (1 vs 5 walks, 8 vs 24 neighbours), as rows
       # of this study: one sweep each, one report.
-      for rows in "experiment=pathfinder_difnet model.walks=1" "experiment=pathfinder_pdn model.neighbors=8"; do
-        .venv/bin/python -m diffusion_seg.train -m study=$study $rows hydra/launcher=joblib hydra.launcher.n_jobs=2 "$@"
-        sweeps+=("$(latest $study)")
-      done
+      more_rows "experiment=pathfinder_difnet model.walks=1" "experiment=pathfinder_pdn model.neighbors=8"
       report_args=(--baseline pathfinder_deeplabv2 --paired)
       shorter=$(latest builtin_heads_far)
       if [ -n "$shorter" ]; then report_args+=(--against "$shorter"); fi ;;  # 120 vs 60 epochs
     builtin_scratch_recipe)
       # The longer-schedule check: the same runs at 60 epochs, each row against its 60-epoch self.
-      .venv/bin/python -m diffusion_seg.train -m study=$study trainer.max_epochs=60 hydra/launcher=joblib hydra.launcher.n_jobs=2 "$@"
-      report_args=(--baseline pathfinder_deeplabv2 --paired --against "$(latest $study)") ;;
+      train trainer.max_epochs=60
+      report_args=(--baseline pathfinder_deeplabv2 --paired --against "$(latest $study)")
+      # The walks and layers x neighbours trends under this recipe, as rows of this study.
+      more_rows "experiment=pathfinder_difnet model.walks=1" "experiment=pathfinder_pdn model.layers=1 model.neighbors=8,24" \
+                "experiment=pathfinder_pdn model.neighbors=8" ;;
     builtin_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;
     builtin_pretrained_start) report_args=(--baseline backbone=tiny --paired) ;;  # per head
     builtin_difnet_walks) report_args=(--baseline model.walks=5 --paired) ;;
