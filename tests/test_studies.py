@@ -136,3 +136,36 @@ def test_the_committed_reports_name_no_machine_path(folder):
     with open(root / "runs.csv") as f:
         # A job of the first sweep by number; of a later sweep of the same report by ../<sweep>/<number>.
         assert all(re.fullmatch(r"(\.\./[\w-]+/)?(oracle_)?\d+", r["job"]) for r in csv.DictReader(f))
+
+
+def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_path):
+    """experiments/builtin_studies.sh with a stand-in python that records its calls and makes
+    the sweep dirs: a study's extra sweeps (rows, the longer-schedule check) are trained with the
+    script's arguments and reported with its first sweep; a study whose --against study has no
+    sweep yet is reported without it instead of stopping the script."""
+    import shutil
+    import subprocess
+
+    (tmp_path / "experiments").mkdir()
+    shutil.copy(Path(__file__).parents[1] / "experiments" / "builtin_studies.sh", tmp_path / "experiments")
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text('#!/usr/bin/env bash\necho "$*" >> calls.log\n'
+                      'if [ "$2" = diffusion_seg.train ]; then\n'
+                      '  study=$(echo "$*" | sed -E "s/.*study=([a-z_]+).*/\\1/")\n'
+                      '  mkdir -p logs/studies/$study/2026-12-05_0$(ls logs/studies/$study 2>/dev/null | wc -l)\nfi\n')
+    python.chmod(0o755)
+    done = subprocess.run(["bash", "experiments/builtin_studies.sh", "logger=csv"], cwd=tmp_path, text=True,
+                          capture_output=True, env={"PATH": "/usr/bin:/bin", "STUDIES": "builtin_budget builtin_scratch_recipe"})
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    trains = [c for c in calls if " diffusion_seg.train " in c]
+    assert len(trains) == 3 + 5 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
+    assert "study=builtin_scratch_recipe trainer.max_epochs=60" in trains[4]
+    reports = [c.split(" ", 2)[2] for c in calls if " diffusion_seg.report " in c]
+    budget = "logs/studies/builtin_budget/2026-12-05_0"
+    assert reports[0] == (f"{budget}0/ {budget}1/ {budget}2/ --out experiments/reports/builtin_budget "
+                          "--baseline pathfinder_deeplabv2 --paired")  # no builtin_heads_far sweep: no --against
+    recipe = "logs/studies/builtin_scratch_recipe/2026-12-05_0"
+    assert reports[1] == (f"{recipe}0/ {recipe}2/ {recipe}3/ {recipe}4/ --out experiments/reports/builtin_scratch_recipe "
+                          f"--baseline pathfinder_deeplabv2 --paired --against {recipe}1/")
