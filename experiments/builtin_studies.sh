@@ -11,7 +11,7 @@
 # When named: builtin_budget (the seven heads at 120 epochs, and DifNet with 1 walk and PDN
 # with 8 neighbours: is the ranking a budget artefact? reported against builtin_heads_far's
 # latest sweep), builtin_scratch_recipe (the seven heads with every layer at SGD 0.1, as a
-# from-scratch backbone wants, 30 epochs, checked against 60, with the walks and PDN layers x
+# from-scratch backbone wants, 60 epochs, checked against 30, with the walks and PDN layers x
 # neighbours rows) and the earlier
 # builtin_heads_difficulty (eight heads x near/far, 20 epochs).
 # A job another study ran with the same config and code is reused, not trained again
@@ -44,8 +44,8 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
       shorter=$(latest builtin_heads_far)
       if [ -n "$shorter" ]; then report_args+=(--against "$shorter"); fi ;;  # 120 vs 60 epochs
     builtin_scratch_recipe)
-      # The longer-schedule check: the same runs at 60 epochs, each row against its 60-epoch self.
-      train trainer.max_epochs=60
+      # The shorter-schedule check: the same runs at 30 epochs, each row against its 30-epoch self.
+      train trainer.max_epochs=30
       report_args=(--baseline pathfinder_deeplabv2 --paired --against "$(latest $study)")
       # The walks and layers x neighbours trends under this recipe, as rows of this study.
       more_rows "experiment=pathfinder_difnet model.walks=1" "experiment=pathfinder_pdn model.layers=1 model.neighbors=8,24" \

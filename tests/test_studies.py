@@ -141,7 +141,7 @@ def test_the_committed_reports_name_no_machine_path(folder):
 def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_path):
     """experiments/builtin_studies.sh with a stand-in python that records its calls and makes
     the sweep dirs: a study's extra sweeps (rows, the longer-schedule check) are trained with the
-    script's arguments and reported with its first sweep; a study whose --against study has no
+    script's arguments and reported with its first sweep (the shorter-schedule check --against); a study whose --against study has no
     sweep yet is reported without it instead of stopping the script."""
     import shutil
     import subprocess
@@ -161,7 +161,7 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
     calls = (tmp_path / "calls.log").read_text().splitlines()
     trains = [c for c in calls if " diffusion_seg.train " in c]
     assert len(trains) == 3 + 5 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
-    assert "study=builtin_scratch_recipe trainer.max_epochs=60" in trains[4]
+    assert "study=builtin_scratch_recipe trainer.max_epochs=30" in trains[4]
     reports = [c.split(" ", 2)[2] for c in calls if " diffusion_seg.report " in c]
     budget = "logs/studies/builtin_budget/2026-12-05_0"
     assert reports[0] == (f"{budget}0/ {budget}1/ {budget}2/ --out experiments/reports/builtin_budget "
