@@ -20,8 +20,9 @@
 # Extra arguments go to every sweep, e.g. logger=wandb or hydra.launcher.n_jobs=4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The newest sweep of study $1, or nothing (not an error: set -e would stop the script).
-latest() { { ls -d "${DIFFUSION_SEG_LOGS:-logs}"/studies/$1/*/ 2>/dev/null || true; } | sort | tail -n 1; }
+# The sweeps of study $1 / its newest, or nothing (not an error: set -e would stop the script).
+sweeps_of() { ls -d "${DIFFUSION_SEG_LOGS:-logs}"/studies/$1/*/ 2>/dev/null || true; }
+latest() { sweeps_of $1 | sort | tail -n 1; }
 overrides=("$@")
 # One sweep of $study, two jobs at a time: its arguments, then the extra ones of this script.
 train() { .venv/bin/python -m diffusion_seg.train -m study=$study "$@" hydra/launcher=joblib hydra.launcher.n_jobs=2 ${overrides[@]+"${overrides[@]}"}; }
@@ -47,6 +48,8 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
       # The shorter-schedule check: the same runs at 30 epochs, each row against its 30-epoch self.
       train trainer.max_epochs=30
       report_args=(--baseline pathfinder_deeplabv2 --paired --against "$(latest $study)")
+      papers=$(sweeps_of builtin_budget)  # the papers' recipe (SGD 0.01, new layers x10), 120 epochs
+      if [ -n "$papers" ]; then report_args+=(--against $papers); fi
       # The walks and layers x neighbours trends under this recipe, as rows of this study.
       more_rows "experiment=pathfinder_difnet model.walks=1" "experiment=pathfinder_pdn model.layers=1 model.neighbors=8,24" \
                 "experiment=pathfinder_pdn model.neighbors=8" ;;

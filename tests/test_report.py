@@ -590,8 +590,9 @@ def test_each_setting_against_the_same_setting_in_another_study(tmp_path, capsys
 
     again = tmp_path / "2026-12-05_01-23-22"  # another sweep of the same study: named by its dir
     make_job(again, 0, ["study=long", "model=fcn", "seed=1"], metrics(0.5), {"name": "long"})
-    assert run(capsys, long, "--against", again)[0] == 0
-    assert "## Against `long 2026-12-05_01-23-22`" in (long / "report.md").read_text()
+    assert run(capsys, long, "--against", again, "--against", short)[0] == 0  # one section each
+    sections = (long / "report.md").read_text().split("\n## Against ")[1:]
+    assert [s.split("\n")[0] for s in sections] == ["`long 2026-12-05_01-23-22`", "`short`"]
 
     make_job(tmp_path / "other", 0, ["study=other", "model=deeplab"], metrics(0.4), {"name": "other"})
     code, _, err = run(capsys, long, "--against", tmp_path / "other")

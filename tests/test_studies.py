@@ -168,4 +168,5 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
                           "--baseline pathfinder_deeplabv2 --paired")  # no builtin_heads_far sweep: no --against
     recipe = "logs/studies/builtin_scratch_recipe/2026-12-05_0"
     assert reports[1] == (f"{recipe}0/ {recipe}2/ {recipe}3/ {recipe}4/ --out experiments/reports/builtin_scratch_recipe "
-                          f"--baseline pathfinder_deeplabv2 --paired --against {recipe}1/")
+                          f"--baseline pathfinder_deeplabv2 --paired --against {recipe}1/ "
+                          f"--against {budget}0/ {budget}1/ {budget}2/")  # the papers' recipe, every sweep

@@ -84,11 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--paired", action="store_true",
                         help="with --baseline: the paired t interval over the seeds a setting shares "
                              "with the baseline (Welch where the seeds differ)")
-    parser.add_argument("--against", nargs="+", type=Path, default=None, metavar="SWEEP",
+    parser.add_argument("--against", nargs="+", type=Path, action="append", default=None, metavar="SWEEP",
                         help="sweep dirs of another study: each setting against the same setting "
                              "there (e.g. the same heads at another budget), with what differs in "
                              "the configs the runs recorded and the differences' 95 %% intervals "
-                             "(--paired: over shared seeds)")
+                             "(--paired: over shared seeds); repeat it for one section per study")
     parser.add_argument("--wandb", action="store_true", help="also log the table to the sweep's W&B group")
     parser.add_argument("--project", default="diffusion-seg", help="W&B project (with --wandb)")
     args = parser.parse_args(argv)
@@ -104,8 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         class_names = [k[len(prefix):] for k in finished[0].metrics if k.startswith(prefix)]
         rows = aggregate(runs, split, class_names)
         baseline = find_baseline(rows, args.baseline) if args.baseline is not None else None
-        against = (against_section(rows, gather(args.against, args.eval), split, args.paired,
-                                   args.sweeps, args.against) if args.against else [])
+        against = [line for other in args.against or []
+                   for line in against_section(rows, gather(other, args.eval), split, args.paired, args.sweeps, other)]
         out = args.out or args.sweeps[0]
         out.mkdir(parents=True, exist_ok=True)
         title = (runs[0].study.get("name") or "sweep") + (f", evaluation {args.eval}" if args.eval else "")
