@@ -11,8 +11,8 @@
 # When named: builtin_budget (the seven heads at 120 epochs, and DifNet with 1 walk and PDN
 # with 8 neighbours: is the ranking a budget artefact? reported against builtin_heads_far's
 # latest sweep), builtin_scratch_recipe (the seven heads with every layer at SGD 0.1, as a
-# from-scratch backbone wants, 60 epochs, checked against 30, with the walks and PDN layers x
-# neighbours rows) and the earlier
+# from-scratch backbone wants, 60 epochs, checked against 30, with DifNet's 1-walk and PDN's
+# 8-neighbour rows) and the earlier
 # builtin_heads_difficulty (eight heads x near/far, 20 epochs).
 # A job another study ran with the same config and code is reused, not trained again
 # (reuse_from in conf/study/builtin_*.yaml; reuse_from=null trains every job).
@@ -50,9 +50,9 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
       report_args=(--baseline pathfinder_deeplabv2 --paired --against "$(latest $study)")
       papers=$(sweeps_of builtin_budget)  # the papers' recipe (SGD 0.01, new layers x10), 120 epochs
       if [ -n "$papers" ]; then report_args+=(--against $papers); fi
-      # The walks and layers x neighbours trends under this recipe, as rows of this study.
-      more_rows "experiment=pathfinder_difnet model.walks=1" "experiment=pathfinder_pdn model.layers=1 model.neighbors=8,24" \
-                "experiment=pathfinder_pdn model.neighbors=8" ;;
+      # The two trends builtin_budget measured converged (1 vs 5 walks, 8 vs 24 neighbours), as
+      # rows of this study under this recipe.
+      more_rows "experiment=pathfinder_difnet model.walks=1" "experiment=pathfinder_pdn model.neighbors=8" ;;
     builtin_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;
     builtin_pretrained_start) report_args=(--baseline backbone=tiny --paired) ;;  # per head
     builtin_difnet_walks) report_args=(--baseline model.walks=5 --paired) ;;

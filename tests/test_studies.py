@@ -160,13 +160,13 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "calls.log").read_text().splitlines()
     trains = [c for c in calls if " diffusion_seg.train " in c]
-    assert len(trains) == 3 + 5 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
+    assert len(trains) == 3 + 4 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
     assert "study=builtin_scratch_recipe trainer.max_epochs=30" in trains[4]
     reports = [c.split(" ", 2)[2] for c in calls if " diffusion_seg.report " in c]
     budget = "logs/studies/builtin_budget/2026-12-05_0"
     assert reports[0] == (f"{budget}0/ {budget}1/ {budget}2/ --out experiments/reports/builtin_budget "
                           "--baseline pathfinder_deeplabv2 --paired")  # no builtin_heads_far sweep: no --against
     recipe = "logs/studies/builtin_scratch_recipe/2026-12-05_0"
-    assert reports[1] == (f"{recipe}0/ {recipe}2/ {recipe}3/ {recipe}4/ --out experiments/reports/builtin_scratch_recipe "
+    assert reports[1] == (f"{recipe}0/ {recipe}2/ {recipe}3/ --out experiments/reports/builtin_scratch_recipe "
                           f"--baseline pathfinder_deeplabv2 --paired --against {recipe}1/ "
                           f"--against {budget}0/ {budget}1/ {budget}2/")  # the papers' recipe, every sweep
