@@ -93,6 +93,11 @@ def format_table(results: dict[str, Tensor], class_names: Sequence[str], title: 
 # Bins of the along-path distance from the cue (feature-map cells; the last bin is open):
 # "d0-2", "d2-4", "d4-6", "d6+".
 DISTANCE_EDGES = (0.0, 2.0, 4.0, 6.0)
+# Finer bins inside the open last one, for paths longer than the default 8 cells (the long
+# geometry, conf/dataset/pathfinder_long.yaml: 24 cells at 128²): "d6-12", "d12-18", "d18+",
+# reported beside "d6+" only when a pixel 12+ cells from its cue was seen, so runs on shorter
+# paths log exactly the keys they always did.
+LONG_EDGES = (12.0, 18.0)
 # Path pixels at least this many cells from their cue are "far" (the README's far pixels,
 # ``+dataset.ignore_near=4``).
 FAR_CELLS = 4.0
@@ -113,8 +118,10 @@ class ContextMetrics(Metric):
     these numbers leave the edges out. Labels: ``background`` is the one non-path class, every
     other class a path colour; chance on colour is ``1 / (num_classes - 1)``.
 
-    ``compute`` returns, for each group ``""`` (all), ``/d0-2`` … ``/d6+``, ``/misleading``
-    and ``/far_misleading`` (misleading and ≥ :data:`FAR_CELLS` cells from the cue):
+    ``compute`` returns, for each group ``""`` (all), ``/d0-2`` … ``/d6+`` (with
+    ``/d6-12`` … ``/d18+`` beside them when a path pixel 12+ cells from its cue was seen:
+    :data:`LONG_EDGES`), ``/misleading`` and ``/far_misleading`` (misleading and ≥
+    :data:`FAR_CELLS` cells from the cue):
 
     - ``color_acc<group>``: correct colour / labelled path pixels called path (NaN if none);
     - ``path_recall<group>``: labelled path pixels called path / labelled path pixels
@@ -153,10 +160,13 @@ class ContextMetrics(Metric):
         self.bin_names = _bin_names(edges)
         self.far_bin = list(edges).index(far)
         self.cell = cell
-        self.register_buffer("edges", torch.tensor(edges, dtype=torch.float32), persistent=False)
+        self.long_edges = [e for e in LONG_EDGES if e > edges[-1]]
+        self.long_names = _bin_names([edges[-1], *self.long_edges])
+        all_edges = [*edges, *self.long_edges]
+        self.register_buffer("edges", torch.tensor(all_edges, dtype=torch.float32), persistent=False)
         # [not misleading / misleading, distance bin, (labelled, called path, right colour)]
         self.add_state(
-            "counts", torch.zeros(2, len(edges), 3, dtype=torch.long), dist_reduce_fx="sum"
+            "counts", torch.zeros(2, len(all_edges), 3, dtype=torch.long), dist_reduce_fx="sum"
         )
         self.add_state(
             "grid_confmat", torch.zeros(num_classes, num_classes, dtype=torch.long),
@@ -181,8 +191,8 @@ class ContextMetrics(Metric):
         label, pred = target[path], preds[path]
         # bucketize(right=True) - 1: the bin whose [low, high) holds the distance.
         bins = (torch.bucketize(distance[path].float(), self.edges, right=True) - 1).clamp_min(0)
-        group = misleading[path].long() * len(self.bin_names) + bins
-        size = 2 * len(self.bin_names)
+        group = misleading[path].long() * len(self.edges) + bins
+        size = 2 * len(self.edges)
         called = pred != self.background
         for column, keep in enumerate((None, called, pred == label)):
             index = group if keep is None else group[keep]
@@ -191,7 +201,11 @@ class ContextMetrics(Metric):
     def compute(self) -> dict[str, Tensor]:
         c = self.counts.double()
         groups = {"": c.sum((0, 1))}
-        groups |= {f"/{name}": c[:, i].sum(0) for i, name in enumerate(self.bin_names)}
+        last = len(self.bin_names) - 1  # the open last bin holds every long one
+        groups |= {f"/{name}": c[:, i].sum(0) for i, name in enumerate(self.bin_names[:-1])}
+        groups[f"/{self.bin_names[-1]}"] = c[:, last:].sum((0, 1))
+        if c[:, last + 1:, 0].sum() > 0:  # a pixel beyond the first long edge: paths > 12 cells
+            groups |= {f"/{name}": c[:, last + i].sum(0) for i, name in enumerate(self.long_names)}
         groups |= {"/misleading": c[1].sum(0), "/far_misleading": c[1, self.far_bin:].sum(0)}
         results = {"grid_mIoU": confusion_scores(self.grid_confmat)["mIoU"]}
         for suffix, (labelled, called, right) in groups.items():

@@ -52,7 +52,9 @@ CONVERGED_GAIN = 0.5
 CONVERGED_TAIL = 0.2
 # The pathfinder context metrics (diffusion_seg.metrics.ContextMetrics): colour accuracy of
 # the path pixels called path, overall, by distance from the cue, on misleading pixels.
+# The long-path bins (d6-12 ...) are there only for paths longer than 12 cells.
 CONTEXT_KEYS = ("color_acc", "color_acc/d0-2", "color_acc/d2-4", "color_acc/d4-6", "color_acc/d6+",
+                "color_acc/d6-12", "color_acc/d12-18", "color_acc/d18+",
                 "color_acc/misleading", "color_acc/far_misleading")
 # Overrides that vary between repeats of one setting, not between settings.
 REPEAT_KEYS = ("seed", "study")

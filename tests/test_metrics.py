@@ -101,6 +101,23 @@ def test_context_metrics_exact_values_on_a_hand_built_batch():
     assert "far_misleading" in table and " 33.33" in table
 
 
+def test_context_metrics_long_paths_get_finer_bins_inside_the_open_last_one():
+    # Path pixels at 1, 7, 13, 19 and 25 cells from their cue; the last two wrongly coloured.
+    target = torch.tensor([[1, 1, 2, 2, 3]])
+    preds = torch.tensor([[1, 1, 2, 3, 1]])
+    distance = torch.tensor([[1.0, 7.0, 13.0, 19.0, 25.0]])
+    m = ContextMetrics(4)
+    m.update(preds, target, distance, torch.zeros_like(target, dtype=torch.bool))
+    r = {k: float(v) for k, v in m.compute().items()}
+    assert (r["color_n/d6+"], r["color_acc/d6+"]) == (4, 0.5)  # the open bin still holds them all
+    assert [(r[f"color_n/{b}"], r[f"color_acc/{b}"]) for b in ("d6-12", "d12-18", "d18+")] == [
+        (1, 1.0), (1, 1.0), (2, 0.0)]
+    # Paths no longer than 12 cells log only the default bins.
+    short = ContextMetrics(4)
+    short.update(preds, target, distance.clamp_max(11.5), torch.zeros_like(target, dtype=torch.bool))
+    assert not any("d6-12" in k or "d18+" in k for k in short.compute())
+
+
 def test_context_metrics_perfect_prediction_is_100_and_batches_add_up():
     torch.manual_seed(0)
     target = torch.randint(0, 4, (6, 16, 16))
