@@ -12,7 +12,8 @@
 # with 8 neighbours: is the ranking a budget artefact? reported against builtin_heads_far's
 # latest sweep), builtin_scratch_recipe (the seven heads with every layer at SGD 0.1, as a
 # from-scratch backbone wants, 60 epochs, checked against 30, with DifNet's 1-walk and PDN's
-# 8-neighbour rows) and the earlier
+# 8-neighbour rows), builtin_long_paths (five heads on 128² images with paths of 24 cells,
+# beyond the backbone's receptive field, under that recipe) and the earlier
 # builtin_heads_difficulty (eight heads x near/far, 20 epochs).
 # A job another study ran with the same config and code is reused, not trained again
 # (reuse_from in conf/study/builtin_*.yaml; reuse_from=null trains every job).
@@ -53,6 +54,10 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
       # The two trends builtin_budget measured converged (1 vs 5 walks, 8 vs 24 neighbours), as
       # rows of this study under this recipe.
       more_rows "experiment=pathfinder_difnet model.walks=1" "experiment=pathfinder_pdn model.neighbors=8" ;;
+    builtin_long_paths)
+      .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # solvable at 128² too
+      train trainer.max_epochs=40  # the shorter-schedule check, each row against its 40-epoch self
+      report_args=(--baseline pathfinder_deeplabv2 --paired --against "$(latest $study)") ;;
     builtin_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;
     builtin_pretrained_start) report_args=(--baseline backbone=tiny --paired) ;;  # per head
     builtin_difnet_walks) report_args=(--baseline model.walks=5 --paired) ;;
