@@ -156,12 +156,18 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
                       '  mkdir -p logs/studies/$study/2026-12-05_0$(ls logs/studies/$study 2>/dev/null | wc -l)\nfi\n')
     python.chmod(0o755)
     done = subprocess.run(["bash", "experiments/builtin_studies.sh", "logger=csv"], cwd=tmp_path, text=True,
-                          capture_output=True, env={"PATH": "/usr/bin:/bin", "STUDIES": "builtin_budget builtin_scratch_recipe"})
+                          capture_output=True, env={"PATH": "/usr/bin:/bin",
+                                                                    "STUDIES": "builtin_budget builtin_scratch_recipe builtin_long_paths"})
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "calls.log").read_text().splitlines()
     trains = [c for c in calls if " diffusion_seg.train " in c]
-    assert len(trains) == 3 + 4 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
+    assert len(trains) == 3 + 4 + 2 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
     assert "study=builtin_scratch_recipe trainer.max_epochs=30" in trains[4]
+    assert "study=builtin_long_paths trainer.max_epochs=40" in trains[8]
+    long_paths = "logs/studies/builtin_long_paths/2026-12-05_0"
+    # The oracle rows join the study's own sweep, before the shorter check is trained.
+    assert calls.index(f"-m diffusion_seg.bench oracle --sweep {long_paths}0/") < calls.index(
+        next(c for c in calls if "builtin_long_paths trainer.max_epochs=40" in c))
     reports = [c.split(" ", 2)[2] for c in calls if " diffusion_seg.report " in c]
     budget = "logs/studies/builtin_budget/2026-12-05_0"
     assert reports[0] == (f"{budget}0/ {budget}1/ {budget}2/ --out experiments/reports/builtin_budget "
@@ -170,3 +176,5 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
     assert reports[1] == (f"{recipe}0/ {recipe}2/ {recipe}3/ --out experiments/reports/builtin_scratch_recipe "
                           f"--baseline pathfinder_deeplabv2 --paired --against {recipe}1/ "
                           f"--against {budget}0/ {budget}1/ {budget}2/")  # the papers' recipe, every sweep
+    assert reports[2] == (f"{long_paths}0/ --out experiments/reports/builtin_long_paths "
+                          f"--baseline pathfinder_deeplabv2 --paired --against {long_paths}1/")
