@@ -57,7 +57,9 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
     builtin_long_paths)
       .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # solvable at 128² too
       train trainer.max_epochs=40  # the shorter-schedule check, each row against its 40-epoch self
-      report_args=(--baseline pathfinder_deeplabv2 --paired --against "$(latest $study)") ;;
+      report_args=(--baseline pathfinder_deeplabv2 --paired --against "$(latest $study)")
+      # Does PDN's reach grow with its depth? 8 layers of 24NB span 16 cells, 4 span 8.
+      more_rows "experiment=pathfinder_pdn model.layers=8" ;;
     builtin_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;
     builtin_pretrained_start) report_args=(--baseline backbone=tiny --paired) ;;  # per head
     builtin_difnet_walks) report_args=(--baseline model.walks=5 --paired) ;;

@@ -161,7 +161,7 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "calls.log").read_text().splitlines()
     trains = [c for c in calls if " diffusion_seg.train " in c]
-    assert len(trains) == 3 + 4 + 2 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
+    assert len(trains) == 3 + 4 + 3 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
     assert "study=builtin_scratch_recipe trainer.max_epochs=30" in trains[4]
     assert "study=builtin_long_paths trainer.max_epochs=40" in trains[8]
     long_paths = "logs/studies/builtin_long_paths/2026-12-05_0"
@@ -176,5 +176,6 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
     assert reports[1] == (f"{recipe}0/ {recipe}2/ {recipe}3/ --out experiments/reports/builtin_scratch_recipe "
                           f"--baseline pathfinder_deeplabv2 --paired --against {recipe}1/ "
                           f"--against {budget}0/ {budget}1/ {budget}2/")  # the papers' recipe, every sweep
-    assert reports[2] == (f"{long_paths}0/ --out experiments/reports/builtin_long_paths "
+    assert "study=builtin_long_paths experiment=pathfinder_pdn model.layers=8" in trains[9]
+    assert reports[2] == (f"{long_paths}0/ {long_paths}2/ --out experiments/reports/builtin_long_paths "
                           f"--baseline pathfinder_deeplabv2 --paired --against {long_paths}1/")
