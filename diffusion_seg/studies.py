@@ -254,7 +254,11 @@ def gather(sweep_dirs: Sequence[Path], evaluation: str | None = None) -> list[Ru
             f"the runs belong to different studies ({', '.join(sorted(map(str, names)))}); "
             "report one study at a time"
         )
-    common = frozenset.intersection(*(frozenset(r.overrides) for r in runs)) if len(runs) > 1 else frozenset()
+    # What every trained run shares (a non-learned row such as the oracle's ran without the
+    # training overrides, so it does not keep them in every trained setting's name).
+    trained = [r for r in runs if r.command is None]
+    shared = trained if len(trained) > 1 else runs
+    common = frozenset.intersection(*(frozenset(r.overrides) for r in shared)) if len(shared) > 1 else frozenset()
     for run in runs:
         run.common = common
     return runs
@@ -604,7 +608,8 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
         lines += [f"- `{relative(r.path, base)}` ← `{relative(r.reused_from, base)}`" for r in reused] + [""]
     common = sorted(o for o in (runs[0].common if runs else ()) if not o.startswith("study="))
     if common:
-        lines += ["Every run: " + " ".join(f"`{o}`" for o in common), ""]
+        every = "Every trained run" if any(r.command for r in runs) else "Every run"
+        lines += [f"{every}: " + " ".join(f"`{o}`" for o in common), ""]
     has_published = any(r.published is not None for r in rows)
     extra = list(study.get("extra_metrics") or [])
     timed = any("minutes" in r.stats for r in rows)

@@ -496,6 +496,9 @@ def test_oracle_sweep_jobs_carry_the_records_the_report_reads(tmp_path, capsys, 
     assert row[1:3] == ["1", "90.00"]
     assert ".hydra" not in report  # every job, the oracle's too, has its own records
     assert f"| `dataset.max_distance=8 {oracle.ROW}` | 100.00 |" in report
+    # What every trained run shares stays out of their names although the oracle lacks it.
+    assert table_row(report, "dataset.max_distance=8")[1] == "1"
+    assert "Every trained run: `model=pdn`" in report
     # What ran: the training sweep, then the oracle's own command (not a training command)
     ran = report.split("```")[1].strip().splitlines()
     assert ran[-1] == oracle.COMMAND and all(oracle.ROW not in line for line in ran)
