@@ -473,6 +473,7 @@ def test_oracle_sweep_jobs_carry_the_records_the_report_reads(tmp_path, capsys, 
     """bench oracle --sweep reads each run's own config.yaml (no .hydra/) and writes job.yaml and
     config.yaml beside its finished.yaml, so the report shows it as a row from its records."""
     from diffusion_seg.bench import oracle
+    from diffusion_seg.jobs import code_version
 
     sweep = tmp_path / "sweep"
     seen = []
@@ -489,6 +490,7 @@ def test_oracle_sweep_jobs_carry_the_records_the_report_reads(tmp_path, capsys, 
         assert not (job / ".hydra").exists()
         record = yaml.safe_load((job / "job.yaml").read_text())
         assert oracle.ROW in record["overrides"] and record["attempts"][0]["action"] == "start"
+        assert record["code"] == code_version()  # the report's code line names it
         assert yaml.safe_load((job / "config.yaml").read_text())["study"] == STUDY
     assert run(capsys, sweep)[0] == 0
     report = (sweep / "report.md").read_text()

@@ -42,7 +42,7 @@ from diffusion_seg.config import compose_config
 from diffusion_seg.data.pathfinder import CELL, PathfinderDataset, flood_oracle
 from diffusion_seg.errors import ConfigError
 from diffusion_seg.lightning.datamodule import dataset_factory_from_config
-from diffusion_seg.jobs import job_overrides, write_finished, write_yaml_atomic
+from diffusion_seg.jobs import code_version, job_overrides, write_finished, write_yaml_atomic
 from diffusion_seg.studies import CONFIG_FILE, JOB_FILE, job_record
 from diffusion_seg.metrics import ContextMetrics, SegmentationMetrics, format_context, format_table
 from diffusion_seg.models.inference import resize_logits
@@ -121,7 +121,8 @@ def add_to_sweep(sweep: Path) -> list[Path]:
         start = time.time()
         attempt = {"time": start, "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)),
                    "action": "start"}
-        record = {"overrides": job_overrides(overrides), "attempts": [attempt], "command": COMMAND}
+        record = {"overrides": job_overrides(overrides), "attempts": [attempt], "command": COMMAND,
+                  "code": code_version()}  # the flood and the metrics are code too
         write_yaml_atomic(job / JOB_FILE, record)
         print(f"\n{job}: {' '.join(overrides)}")
         write_finished(job, overrides, evaluate(pathfinder_split(dataset, "test")))
