@@ -94,7 +94,7 @@ def format_table(results: dict[str, Tensor], class_names: Sequence[str], title: 
 # "d0-2", "d2-4", "d4-6", "d6+".
 DISTANCE_EDGES = (0.0, 2.0, 4.0, 6.0)
 # Finer bins inside the open last one, for paths longer than the default 8 cells (the long
-# geometry, conf/dataset/pathfinder_long.yaml: 24 cells at 128²): "d6-12", "d12-18", "d18+",
+# geometry, conf/study/builtin_long_paths.yaml: 24 cells at 128²): "d6-12", "d12-18", "d18+",
 # reported beside "d6+" only when a pixel 12+ cells from its cue was seen, so runs on shorter
 # paths log exactly the keys they always did.
 LONG_EDGES = (12.0, 18.0)
