@@ -160,9 +160,9 @@ class ContextMetrics(Metric):
         self.bin_names = _bin_names(edges)
         self.far_bin = list(edges).index(far)
         self.cell = cell
-        self.long_edges = [e for e in LONG_EDGES if e > edges[-1]]
-        self.long_names = _bin_names([edges[-1], *self.long_edges])
-        all_edges = [*edges, *self.long_edges]
+        long_edges = [e for e in LONG_EDGES if e > edges[-1]]
+        self.long_names = _bin_names([edges[-1], *long_edges])
+        all_edges = [*edges, *long_edges]
         self.register_buffer("edges", torch.tensor(all_edges, dtype=torch.float32), persistent=False)
         # [not misleading / misleading, distance bin, (labelled, called path, right colour)]
         self.add_state(

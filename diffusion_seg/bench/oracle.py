@@ -111,6 +111,7 @@ def add_to_sweep(sweep: Path) -> list[Path]:
         raise ConfigError(f"{sweep} holds no runs (<job>/{JOB_FILE} or <job>/.hydra/config.yaml); "
                           "give a sweep dir")
     written = []
+    code = code_version()  # the flood and the metrics are code too
     for n, (overrides, dataset, study) in enumerate(settings.values()):
         job = sweep / f"oracle_{n}"
         job.mkdir(parents=True, exist_ok=True)
@@ -122,7 +123,7 @@ def add_to_sweep(sweep: Path) -> list[Path]:
         attempt = {"time": start, "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(start)),
                    "action": "start"}
         record = {"overrides": job_overrides(overrides), "attempts": [attempt], "command": COMMAND,
-                  "code": code_version()}  # the flood and the metrics are code too
+                  "code": code}
         write_yaml_atomic(job / JOB_FILE, record)
         print(f"\n{job}: {' '.join(overrides)}")
         write_finished(job, overrides, evaluate(pathfinder_split(dataset, "test")))
