@@ -373,3 +373,49 @@ def test_the_benchmark_config_draws_every_path_as_whole_cells():
 def test_oracle_reports_an_impossible_layout_as_a_config_error():
     with pytest.raises(ConfigError, match="dataset.max_distance"):
         oracle.main(["dataset.max_distance=30", "dataset.eval_length=1"])
+
+
+def test_fresh_samples_render_new_training_images_from_the_second_epoch():
+    fixed = PathfinderDataset("train", length=3, cache=True)
+    fresh = PathfinderDataset("train", length=3, cache=True, fresh_samples=True)
+    for i in range(3):  # epoch 0 is the fixed set
+        assert torch.equal(fixed[i]["image"], fresh[i]["image"])
+    later = [fresh[3 + i] for i in range(3)] + [fresh[6]]  # epoch 1, and epoch 2's first
+    assert all(not torch.equal(item["image"], fixed[i % 3]["image"]) for i, item in enumerate(later))
+    assert not torch.equal(later[0]["image"], later[3]["image"])
+    assert torch.equal(fresh[4]["image"], PathfinderDataset("train", length=3, fresh_samples=True)[4]["image"])
+    assert sorted(fresh._cache) == [0, 1, 2]  # later epochs' images are never kept
+    with pytest.raises(IndexError):
+        fixed[3]
+    with pytest.raises(IndexError):  # the evaluation splits stay fixed
+        PathfinderDataset("val", length=3, eval_length=2, fresh_samples=True)[2]
+
+
+def test_training_with_fresh_samples_sees_each_epochs_own_images(tmp_path):
+    """Lightning sets the sampler's epoch: epoch e trains on indices e·length .. e·length + length − 1."""
+    import lightning as L
+    from tests.conftest import compose_config as compose_run
+    from diffusion_seg.builders import build_backbone, build_datamodule, build_segmentor, build_task
+    from diffusion_seg.lightning.datamodule import NewSamplesEachEpoch
+
+    class Names(L.Callback):
+        def __init__(self):
+            self.seen = {}
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.setdefault(trainer.current_epoch, []).extend(batch["name"])
+
+    cfg = compose_run(["experiment=pathfinder_fcn", "dataset.length=4", "dataset.batch_size=2",
+                       "dataset.fresh_samples=true"], output_dir=tmp_path)
+    backbone = build_backbone(cfg)
+    datamodule = build_datamodule(cfg, backbone)
+    task = build_task(cfg, build_segmentor(cfg, datamodule.num_classes, backbone=backbone),
+                      datamodule.class_names)
+    names = Names()
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[names], default_root_dir=tmp_path)
+    trainer.fit(task, datamodule=datamodule)
+    assert isinstance(trainer.train_dataloader.sampler, NewSamplesEachEpoch)
+    for epoch in range(3):
+        assert sorted(names.seen[epoch]) == [f"train_{epoch * 4 + i:05d}" for i in range(4)]

@@ -94,6 +94,20 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+class NewSamplesEachEpoch(DistributedSampler):
+    """The training sampler of a procedural dataset with ``fresh_samples`` (the pathfinder):
+    epoch e yields the usual shuffled indices shifted by ``e × len(dataset)``, and the dataset
+    renders such an index as a new image (epoch 0: its fixed set). The epoch travels inside
+    the index, so DataLoader workers need no state of their own; Lightning calls ``set_epoch``
+    at every epoch as for any DistributedSampler, and a DistributedSampler is not re-wrapped
+    under DDP (Lightning's wrapper would hide ``set_epoch`` and repeat epoch 0's images).
+    """
+
+    def __iter__(self) -> Iterator[int]:
+        offset = self.epoch * len(self.dataset)
+        return (offset + index for index in super().__iter__())
+
+
 def seed_worker(worker_id: int) -> None:
     """Give each worker's copy of the augmentation pipeline its own deterministic stream.
 
@@ -300,7 +314,10 @@ class SegmentationDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         sampler: Sampler[int] | None = None
         shard = _distributed()
-        if shard is not None:
+        if train and getattr(dataset, "fresh_samples", False):
+            rank, world = shard or (0, 1)
+            sampler = NewSamplesEachEpoch(dataset, world, rank, shuffle=True, seed=self.seed, drop_last=True)
+        elif shard is not None:
             rank, world = shard
             sampler = (
                 DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed, drop_last=True)
