@@ -46,6 +46,9 @@ METRICS = ("mIoU", "mAcc", "aAcc")
 # The Lightning CSV log of a job (conf/logger/csv.yaml): its val/mIoU rows are the learning curve.
 CSV_LOG = Path("csv") / "metrics.csv"
 CURVE_KEY = "val/mIoU"
+# A pathfinder run's second curve: how much of the far misleading path pixels it colours
+# right (diffusion_seg.metrics.ContextMetrics), by step: the context it learns, not edges.
+FAR_CURVE_KEY = "val/color_acc/far_misleading"
 # A setting has converged when its mean val mIoU gained less than this (mIoU points) over the
 # last CONVERGED_TAIL of its training steps.
 CONVERGED_GAIN = 0.5
@@ -77,6 +80,7 @@ class Run:
     minutes: float | None = None  # time it ran: its attempts summed (see _wall_minutes)
     legacy: bool = False  # no job.yaml / config.yaml: overrides or config read from .hydra/
     curve: list[tuple[float, float]] = field(default_factory=list)  # (step, val mIoU in %)
+    far_curve: list[tuple[float, float]] = field(default_factory=list)  # (step, FAR_CURVE_KEY in %)
     # The command that wrote a job that did not train (``command`` in its job.yaml: the
     # pathfinder oracle's rows), shown as it ran instead of as a training command.
     command: str | None = None
@@ -156,6 +160,7 @@ def read_run(job: Path, evaluation: str | None = None) -> Run:
     run = Run(job, overrides, dict(config.get("study") or {}), legacy=legacy, command=record.get("command"),
               config=config, code=record.get("code"))
     run.curve = read_curve(job / CSV_LOG)
+    run.far_curve = read_curve(job / CSV_LOG, FAR_CURVE_KEY)
     if evaluation is not None:
         metrics = job / evaluation / "metrics.yaml"
         if metrics.is_file():
@@ -285,6 +290,11 @@ class Row:
     def curve(self) -> list[tuple[float, float, float, float]]:
         """The setting's learning curve: :func:`mean_curve` of its runs' val mIoU."""
         return mean_curve([r.curve for r in self.runs])
+
+    @property
+    def far_curve(self) -> list[tuple[float, float, float, float]]:
+        """:func:`mean_curve` of its runs' far-misleading colour accuracy (pathfinder runs)."""
+        return mean_curve([r.far_curve for r in self.runs])
 
     def values(self, key: str) -> dict[Path, float]:
         """``key`` (a logged fraction) of each run that has it, in %, by job dir."""
@@ -656,7 +666,9 @@ def markdown(rows: Sequence[Row], runs: Sequence[Run], split: str, sweep_dirs: S
         lines += ["", "## Learning curves", "",
                   f"![val mIoU against optimizer step]({curves})", "",
                   f"`{curves}`: val mIoU against the optimizer step, per setting: the mean over seeds "
-                  "(line) and the range from the lowest to the highest seed (band)."]
+                  "(line) and the range from the lowest to the highest seed (band)"
+                  + ("; on the right, the same for the colour accuracy on the far misleading path "
+                     "pixels (chance: 1 in 3)." if any(row.far_curve for row in rows) else ".")]
     present = [c for c in class_names if any(f"IoU/{c}" in r.stats for r in rows)]
     if present:
         lines += ["", f"## Per-class IoU ({split})", "",
@@ -853,27 +865,35 @@ def report_figure(rows: Sequence[Row], knob: str | None, split: str, metric: str
 
 def curves_figure(rows: Sequence[Row], title: str = "") -> Figure | None:
     """val mIoU against the optimizer step, one line per setting (mean over its seeds) with a
-    band from the lowest to the highest seed; ``None`` when no run logged a curve."""
+    band from the lowest to the highest seed; beside it, when runs logged it (the pathfinder),
+    the val colour accuracy on the far misleading pixels the same way, with chance (1 in 3).
+    ``None`` when no run logged a curve."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    curves = [(row.setting, row.curve) for row in rows if row.curve]
-    if not curves:
+    panels = [("val mIoU", [(row.setting, row.curve) for row in rows if row.curve])]
+    far = [(row.setting, row.far_curve) for row in rows if row.far_curve]
+    if far:
+        panels.append(("val colour accuracy, far misleading", far))
+    if not panels[0][1]:
         return None
-    fig = Figure(figsize=(7, 4.2), dpi=110)
+    fig = Figure(figsize=(7 * len(panels), 4.2), dpi=110)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for setting, curve in curves:
-        steps = [p[0] for p in curve]
-        (line,) = ax.plot(steps, [p[1] for p in curve], marker="." if len(curve) < 30 else None,
-                          label=setting)
-        ax.fill_between(steps, [p[2] for p in curve], [p[3] for p in curve], color=line.get_color(),
-                        alpha=0.2, linewidth=0)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("val mIoU (%)")
-    ax.set_title(f"{title + ': ' if title else ''}val mIoU, mean over seeds (band: min–max)", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
+    for number, (name, curves) in enumerate(panels, 1):
+        ax = fig.add_subplot(1, len(panels), number)
+        for setting, curve in curves:
+            steps = [p[0] for p in curve]
+            (line,) = ax.plot(steps, [p[1] for p in curve], marker="." if len(curve) < 30 else None,
+                              label=setting)
+            ax.fill_between(steps, [p[2] for p in curve], [p[3] for p in curve], color=line.get_color(),
+                            alpha=0.2, linewidth=0)
+        if number == 2:
+            ax.axhline(100 / 3, color="grey", linestyle=":", label="chance")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{name} (%)")
+        ax.set_title(f"{title + ': ' if title else ''}{name}, mean over seeds (band: min–max)", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 

@@ -326,6 +326,29 @@ def test_learning_curves_and_the_convergence_flag(tmp_path, capsys):
     band = ax.collections[1].get_paths()[0].vertices[:, 1]  # the band spans the two seeds
     assert band.min() == pytest.approx(100 * (0.20 + 0.04)) and band.max() == pytest.approx(100 * (0.22 + 0.4))
     assert ax.get_xlabel() == "optimizer step" and ax.get_ylabel() == "val mIoU (%)"
+    assert len(curves_figure(rows, "toy").axes) == 1  # no far-misleading curve logged: one panel
+
+
+def test_pathfinder_curves_add_the_far_misleading_colour_accuracy(tmp_path, capsys):
+    """A run that logged val/color_acc/far_misleading gets it as a second panel of curves.png."""
+    from diffusion_seg.studies import aggregate, curves_figure, gather
+
+    sweep = tmp_path / "sweep"
+    for num, seed in enumerate((1, 2)):
+        job = make_job(sweep, num, ["study=toy", "model=pdn", f"seed={seed}"], metrics(0.5), STUDY)
+        (job / "csv").mkdir()
+        with open(job / "csv" / "metrics.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["epoch", "step", "val/mIoU", "val/color_acc/far_misleading"])
+            for epoch, step in enumerate((100, 200)):
+                writer.writerow([epoch, step, 0.5, 0.3 + 0.2 * epoch + 0.1 * seed])
+    assert run(capsys, sweep)[0] == 0
+    assert "on the right, the same for the colour accuracy on the far misleading" in (sweep / "report.md").read_text()
+    fig = curves_figure(aggregate(gather([sweep]), "test"), "toy")
+    far = fig.axes[1]
+    assert far.get_ylabel() == "val colour accuracy, far misleading (%)"
+    assert list(far.lines[0].get_ydata()) == pytest.approx([45.0, 65.0])  # the mean of 40/50, 60/70
+    assert far.lines[1].get_label() == "chance" and far.lines[1].get_ydata()[0] == pytest.approx(100 / 3)
 
 
 def test_the_tail_gain_interpolates_at_80_percent_of_the_last_step():

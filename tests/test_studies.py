@@ -147,7 +147,8 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
     import subprocess
 
     (tmp_path / "experiments").mkdir()
-    shutil.copy(Path(__file__).parents[1] / "experiments" / "builtin_studies.sh", tmp_path / "experiments")
+    for script in ("builtin_studies.sh", "reevaluate.sh"):
+        shutil.copy(Path(__file__).parents[1] / "experiments" / script, tmp_path / "experiments")
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text('#!/usr/bin/env bash\necho "$*" >> calls.log\n'
@@ -157,11 +158,12 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
     python.chmod(0o755)
     done = subprocess.run(["bash", "experiments/builtin_studies.sh", "logger=csv"], cwd=tmp_path, text=True,
                           capture_output=True, env={"PATH": "/usr/bin:/bin",
-                                                                    "STUDIES": "builtin_budget builtin_scratch_recipe builtin_long_paths"})
+                                                                    "STUDIES": "builtin_budget builtin_scratch_recipe builtin_long_paths "
+                                                                              "builtin_fresh_samples"})
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "calls.log").read_text().splitlines()
     trains = [c for c in calls if " diffusion_seg.train " in c]
-    assert len(trains) == 3 + 4 + 3 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
+    assert len(trains) == 3 + 4 + 3 + 1 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
     assert "study=builtin_scratch_recipe trainer.max_epochs=30" in trains[4]
     assert "study=builtin_long_paths trainer.max_epochs=40" in trains[8]
     long_paths = "logs/studies/builtin_long_paths/2026-12-05_0"
@@ -179,3 +181,44 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
     assert "study=builtin_long_paths experiment=pathfinder_pdn model.layers=8" in trains[9]
     assert reports[2] == (f"{long_paths}0/ {long_paths}2/ --out experiments/reports/builtin_long_paths "
                           f"--baseline pathfinder_deeplabv2 --paired --against {long_paths}1/")
+    # Each run on its own training images (the stand-in ran none: the report of no evaluations).
+    assert reports[3] == (f"{long_paths}0/ {long_paths}2/ --eval eval_train "
+                          "--out experiments/reports/builtin_long_paths_train_images")
+    fresh = "logs/studies/builtin_fresh_samples/2026-12-05_00/"
+    assert reports[4] == (f"{fresh} --out experiments/reports/builtin_fresh_samples --baseline pathfinder_deeplabv2 "
+                          f"--paired --against {long_paths}0/ {long_paths}1/ {long_paths}2/")  # every sweep
+    assert reports[5] == f"{fresh} --eval eval_train --out experiments/reports/builtin_fresh_samples_train_images"
+
+
+def test_reevaluate_script_evaluates_each_finished_job_once_and_reports_them(trained_pdn, tmp_path):
+    """experiments/reevaluate.sh on a moved sweep: the best checkpoint is found in the job dir,
+    the eval overrides after ``--`` apply, ONLY= and jobs without a checkpoint are left out."""
+    import os
+    import shutil
+    import subprocess
+
+    import yaml
+
+    run_dir, _ = trained_pdn
+    sweep = tmp_path / "sweep"
+    shutil.copytree(run_dir, sweep / "0")
+    shutil.copytree(run_dir, sweep / "1")
+    shutil.rmtree(sweep / "1" / "checkpoints")  # as an oracle row: records, no checkpoint
+    script = Path(__file__).parents[1] / "experiments" / "reevaluate.sh"
+
+    def reevaluate(*only: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k != "ONLY"}
+        env.update(WANDB_MODE="offline", **dict(o.split("=", 1) for o in only))
+        return subprocess.run(["bash", str(script), "eval_flip", str(tmp_path / "report"), str(sweep), "--",
+                               "task.inference.flip=true"], text=True, capture_output=True, env=env)
+
+    skipped = reevaluate("ONLY=model=difnet")  # no job was launched with it: nothing to report
+    assert skipped.returncode != 0 and "with an evaluation <job>/eval_flip/metrics.yaml" in skipped.stderr
+    assert not (sweep / "0" / "eval_flip").exists()
+    done = reevaluate()
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = yaml.safe_load((sweep / "0" / "eval_flip" / "metrics.yaml").read_text())
+    assert "test/mIoU" in metrics and not (sweep / "1" / "eval_flip").exists()
+    config = yaml.safe_load((sweep / "0" / "eval_flip" / ".hydra" / "config.yaml").read_text())
+    assert config["task"]["inference"]["flip"] is True
+    assert (tmp_path / "report" / "report.md").is_file()

@@ -99,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = pick_split(runs, args.split)
         finished = [r for r in runs if r.status == "finished"]
         if not finished:
-            raise ReportError(f"no run in {', '.join(map(str, args.sweeps))} has finished yet")
+            evaluated = f" with an evaluation <job>/{args.eval}/metrics.yaml" if args.eval else ""
+            raise ReportError(f"no run in {', '.join(map(str, args.sweeps))} has finished yet{evaluated}")
         prefix = f"{split}/IoU/"
         class_names = [k[len(prefix):] for k in finished[0].metrics if k.startswith(prefix)]
         rows = aggregate(runs, split, class_names)
