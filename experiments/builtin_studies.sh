@@ -36,6 +36,7 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
   sweep=$(latest $study)
   sweeps=("$sweep")
   report_args=()
+  shorter=""  # the shorter-schedule check's sweep, where a study has one
   case $study in
     builtin_heads_far)
       .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # the non-learned ceiling
@@ -59,7 +60,8 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
     builtin_long_paths)
       .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # solvable at 128² too
       train trainer.max_epochs=40  # the shorter-schedule check, each row against its 40-epoch self
-      report_args=(--baseline pathfinder_deeplabv2 --paired --against "$(latest $study)")
+      shorter=$(latest $study)
+      report_args=(--baseline pathfinder_deeplabv2 --paired --against "$shorter")
       # Does PDN's reach grow with its depth? 8 layers of 24NB span 16 cells, 4 span 8.
       more_rows "experiment=pathfinder_pdn model.layers=8" ;;
     builtin_fresh_samples)
@@ -77,8 +79,8 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
     builtin_heads_difficulty)  # the far runs on their far pixels alone
       ONLY=dataset.max_distance=8 bash experiments/reevaluate.sh eval_far \
         experiments/reports/builtin_heads_difficulty_far_pixels "$sweep" -- +dataset.ignore_near=4 ;;
-    builtin_long_paths | builtin_fresh_samples)  # every run on its own training images
+    builtin_long_paths | builtin_fresh_samples)  # every run on its (first epoch's) training images
       bash experiments/reevaluate.sh eval_train experiments/reports/${study}_train_images \
-        "${sweeps[@]}" -- +dataset.test_split=train ;;
+        "${sweeps[@]}" ${shorter:+"$shorter"} -- +dataset.test_split=train ;;
   esac
 done

@@ -182,7 +182,7 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
     assert reports[2] == (f"{long_paths}0/ {long_paths}2/ --out experiments/reports/builtin_long_paths "
                           f"--baseline pathfinder_deeplabv2 --paired --against {long_paths}1/")
     # Each run on its own training images (the stand-in ran none: the report of no evaluations).
-    assert reports[3] == (f"{long_paths}0/ {long_paths}2/ --eval eval_train "
+    assert reports[3] == (f"{long_paths}0/ {long_paths}2/ {long_paths}1/ --eval eval_train "
                           "--out experiments/reports/builtin_long_paths_train_images")
     fresh = "logs/studies/builtin_fresh_samples/2026-12-05_00/"
     assert reports[4] == (f"{fresh} --out experiments/reports/builtin_fresh_samples --baseline pathfinder_deeplabv2 "
