@@ -121,7 +121,9 @@ class ContextMetrics(Metric):
     ``compute`` returns, for each group ``""`` (all), ``/d0-2`` … ``/d6+`` (with
     ``/d6-12`` … ``/d18+`` beside them when a path pixel 12+ cells from its cue was seen:
     :data:`LONG_EDGES`), ``/misleading`` and ``/far_misleading`` (misleading and ≥
-    :data:`FAR_CELLS` cells from the cue):
+    :data:`FAR_CELLS` cells from the cue), and ``/beyond_reach`` when a pixel of the
+    ``beyond_reach`` map was seen (own cue outside a receptive field: the dataset's
+    ``reach_px``; a network of that field is blind to their cue, so it can only guess):
 
     - ``color_acc<group>``: correct colour / labelled path pixels called path (NaN if none);
     - ``path_recall<group>``: labelled path pixels called path / labelled path pixels
@@ -140,7 +142,7 @@ class ContextMetrics(Metric):
     full_state_update = False
     higher_is_better = True
     # The batch keys (besides the label) that :meth:`update` takes, in order.
-    batch_keys = ("cue_distance", "misleading")
+    batch_keys = ("cue_distance", "misleading", "beyond_reach")
 
     def __init__(
         self,
@@ -168,17 +170,23 @@ class ContextMetrics(Metric):
         self.add_state(
             "counts", torch.zeros(2, len(all_edges), 3, dtype=torch.long), dist_reduce_fx="sum"
         )
+        # the path pixels beyond reach: (labelled, called path, right colour)
+        self.add_state("beyond_counts", torch.zeros(3, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state(
             "grid_confmat", torch.zeros(num_classes, num_classes, dtype=torch.long),
             dist_reduce_fx="sum",
         )
 
-    def update(self, preds: Tensor, target: Tensor, distance: Tensor, misleading: Tensor) -> None:
+    def update(self, preds: Tensor, target: Tensor, distance: Tensor, misleading: Tensor,
+               beyond_reach: Tensor | None = None) -> None:
         """``preds``, ``target``: class maps; ``distance``: along-path distance from the cue
-        in cells (any value off the paths); ``misleading``: bool map; all the same shape."""
-        shapes = {tuple(t.shape) for t in (preds, target, distance, misleading)}
+        in cells (any value off the paths); ``misleading``, ``beyond_reach``: bool maps
+        (``None``: no pixel is beyond reach); all the same shape."""
+        if beyond_reach is None:
+            beyond_reach = torch.zeros_like(misleading, dtype=torch.bool)
+        shapes = {tuple(t.shape) for t in (preds, target, distance, misleading, beyond_reach)}
         if len(shapes) != 1:
-            raise ValueError(f"preds, target, distance and misleading differ in shape: {shapes}")
+            raise ValueError(f"preds, target, distance, misleading and beyond_reach differ in shape: {shapes}")
         centre = self.cell // 2
         cell_label = target[..., centre::self.cell, centre::self.cell]
         cell_pred = preds[..., centre::self.cell, centre::self.cell]
@@ -194,9 +202,11 @@ class ContextMetrics(Metric):
         group = misleading[path].long() * len(self.edges) + bins
         size = 2 * len(self.edges)
         called = pred != self.background
+        beyond = beyond_reach[path]
         for column, keep in enumerate((None, called, pred == label)):
             index = group if keep is None else group[keep]
             self.counts[..., column] += torch.bincount(index, minlength=size).view(2, -1)
+            self.beyond_counts[column] += (beyond if keep is None else beyond & keep).sum()
 
     def compute(self) -> dict[str, Tensor]:
         c = self.counts.double()
@@ -207,6 +217,8 @@ class ContextMetrics(Metric):
         if c[:, last + 1:, 0].sum() > 0:  # a pixel beyond the first long edge: paths > 12 cells
             groups |= {f"/{name}": c[:, last + i].sum(0) for i, name in enumerate(self.long_names)}
         groups |= {"/misleading": c[1].sum(0), "/far_misleading": c[1, self.far_bin:].sum(0)}
+        if self.beyond_counts[0] > 0:
+            groups["/beyond_reach"] = self.beyond_counts.double()
         results = {"grid_mIoU": confusion_scores(self.grid_confmat)["mIoU"]}
         for suffix, (labelled, called, right) in groups.items():
             results[f"color_acc{suffix}"] = right / called  # NaN (0/0) when none is called path

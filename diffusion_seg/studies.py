@@ -54,11 +54,12 @@ FAR_CURVE_KEY = "val/color_acc/far_misleading"
 CONVERGED_GAIN = 0.5
 CONVERGED_TAIL = 0.2
 # The pathfinder context metrics (diffusion_seg.metrics.ContextMetrics): colour accuracy of
-# the path pixels called path, overall, by distance from the cue, on misleading pixels.
+# the path pixels called path, overall, by distance from the cue, on misleading pixels and
+# on those whose cue lies beyond a receptive field (dataset.reach_px).
 # The long-path bins (d6-12 ...) are there only for paths longer than 12 cells.
 CONTEXT_KEYS = ("color_acc", "color_acc/d0-2", "color_acc/d2-4", "color_acc/d4-6", "color_acc/d6+",
                 "color_acc/d6-12", "color_acc/d12-18", "color_acc/d18+",
-                "color_acc/misleading", "color_acc/far_misleading")
+                "color_acc/misleading", "color_acc/far_misleading", "color_acc/beyond_reach")
 # Overrides that vary between repeats of one setting, not between settings.
 REPEAT_KEYS = ("seed", "study")
 

@@ -79,8 +79,13 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
     builtin_heads_difficulty)  # the far runs on their far pixels alone
       ONLY=dataset.max_distance=8 bash experiments/reevaluate.sh eval_far \
         experiments/reports/builtin_heads_difficulty_far_pixels "$sweep" -- +dataset.ignore_near=4 ;;
-    builtin_long_paths | builtin_fresh_samples)  # every run on its (first epoch's) training images
+    builtin_long_paths | builtin_fresh_samples)
+      # Every run on its (first epoch's) training images: has it learnt them by heart?
       bash experiments/reevaluate.sh eval_train experiments/reports/${study}_train_images \
-        "${sweeps[@]}" ${shorter:+"$shorter"} -- +dataset.test_split=train ;;
+        "${sweeps[@]}" ${shorter:+"$shorter"} -- +dataset.test_split=train
+      # On 512 test images, with the path pixels whose cue lies beyond FCN's receptive field
+      # (102 px) as a column of their own: there FCN cannot see the cue.
+      bash experiments/reevaluate.sh eval_reach experiments/reports/${study}_beyond_reach \
+        "${sweeps[@]}" -- +dataset.eval_length=512 +dataset.reach_px=102 ;;
   esac
 done

@@ -118,6 +118,25 @@ def test_context_metrics_long_paths_get_finer_bins_inside_the_open_last_one():
     assert not any("d6-12" in k or "d18+" in k for k in short.compute())
 
 
+def test_context_metrics_beyond_reach_is_its_own_group_only_when_seen():
+    # Path pixels 1..4, the last two beyond reach: one of them right, one wrong; pixel 0 is
+    # background (marked too: off the paths the map does not count).
+    target = torch.tensor([[0, 1, 2, 2, 3]])
+    preds = torch.tensor([[0, 1, 2, 2, 1]])
+    distance = torch.tensor([[-1.0, 1.0, 7.0, 13.0, 13.0]])
+    misleading = torch.zeros_like(target, dtype=torch.bool)
+    beyond = torch.tensor([[True, False, False, True, True]])
+    m = ContextMetrics(4)
+    m.update(preds, target, distance, misleading, beyond)
+    r = {k: float(v) for k, v in m.compute().items()}
+    assert (r["color_n/beyond_reach"], r["color_acc/beyond_reach"], r["path_recall/beyond_reach"]) == (2, 0.5, 1.0)
+    assert r["color_n"] == 4  # the other groups are unchanged by the map
+    for maps in ((), (torch.zeros_like(beyond),)):  # none marked, or no map: no such group
+        plain = ContextMetrics(4)
+        plain.update(preds, target, distance, misleading, *maps)
+        assert not any("beyond_reach" in k for k in plain.compute())
+
+
 def test_context_metrics_perfect_prediction_is_100_and_batches_add_up():
     torch.manual_seed(0)
     target = torch.randint(0, 4, (6, 16, 16))

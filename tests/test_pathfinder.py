@@ -419,3 +419,54 @@ def test_training_with_fresh_samples_sees_each_epochs_own_images(tmp_path):
     assert isinstance(trainer.train_dataloader.sampler, NewSamplesEachEpoch)
     for epoch in range(3):
         assert sorted(names.seen[epoch]) == [f"train_{epoch * 4 + i:05d}" for i in range(4)]
+
+
+def test_beyond_reach_marks_the_path_pixels_whose_own_cue_is_farther_than_reach_px():
+    ds = PathfinderDataset("test", length=4, size=128, max_distance=24, reach_px=102, **WHOLE_CELLS)
+    marked = 0
+    for i in range(4):
+        s, item = ds.sample(i), ds[i]
+        offset = s.own_cue_offset(8)
+        path = (s.label >= 1) & (s.label <= 3)
+        assert np.array_equal(item["beyond_reach"].numpy(), path & (offset > 102))
+        for k, (y, x) in enumerate(s.cue_centres):  # next to its own cue: an offset of 0 or 1 px
+            own = path & (s.path_id == k + 1)
+            assert offset[own].min() <= 1 and (offset[own] >= 0).all()
+        marked += int(item["beyond_reach"].sum())
+    assert marked > 0
+    assert not PathfinderDataset("test", length=4, size=128, max_distance=24)[0]["beyond_reach"].any()
+
+
+def test_fcn_on_the_tiny_backbone_reads_no_input_farther_than_102_px():
+    """The receptive field behind reach_px: the input pixels whose gradient reaches one output
+    pixel of FCN (logits upsampled bilinearly, as evaluated), with every weight positive,
+    ReLU as identity and max pooling as average pooling (so no gradient is lost), lie within
+    102 px of it (Chebyshev), and some lie exactly 102 px away."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from diffusion_seg.builders import build_backbone, build_segmentor
+
+    def linear(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, (nn.ReLU, nn.Dropout, nn.Dropout2d)):
+                setattr(module, name, nn.Identity())
+            elif isinstance(child, nn.MaxPool2d):
+                setattr(module, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+            else:
+                linear(child)
+
+    cfg = compose_config(["experiment=pathfinder_fcn"])
+    net = build_segmentor(cfg, 4, backbone=build_backbone(cfg)).eval()
+    linear(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(0.01)
+    size, reach = 288, 0
+    for pixel in range(136, 144):  # every position inside one 8-px cell
+        image = torch.ones(1, 3, size, size, requires_grad=True)
+        logits = F.interpolate(net(image).logits, size=(size, size), mode="bilinear", align_corners=False)
+        logits[0, :, pixel, pixel].sum().backward()
+        rows = torch.nonzero(image.grad[0].abs().sum((0, 2)) > 0).flatten()
+        reach = max(reach, pixel - int(rows.min()), int(rows.max()) - pixel)
+    assert reach == 102

@@ -184,10 +184,13 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
     # Each run on its own training images (the stand-in ran none: the report of no evaluations).
     assert reports[3] == (f"{long_paths}0/ {long_paths}2/ {long_paths}1/ --eval eval_train "
                           "--out experiments/reports/builtin_long_paths_train_images")
+    assert reports[4] == (f"{long_paths}0/ {long_paths}2/ --eval eval_reach "
+                          "--out experiments/reports/builtin_long_paths_beyond_reach")
     fresh = "logs/studies/builtin_fresh_samples/2026-12-05_00/"
-    assert reports[4] == (f"{fresh} --out experiments/reports/builtin_fresh_samples --baseline pathfinder_deeplabv2 "
+    assert reports[5] == (f"{fresh} --out experiments/reports/builtin_fresh_samples --baseline pathfinder_deeplabv2 "
                           f"--paired --against {long_paths}0/ {long_paths}1/ {long_paths}2/")  # every sweep
-    assert reports[5] == f"{fresh} --eval eval_train --out experiments/reports/builtin_fresh_samples_train_images"
+    assert reports[6:] == [f"{fresh} --eval eval_train --out experiments/reports/builtin_fresh_samples_train_images",
+                           f"{fresh} --eval eval_reach --out experiments/reports/builtin_fresh_samples_beyond_reach"]
 
 
 def test_reevaluate_script_evaluates_each_finished_job_once_and_reports_them(trained_pdn, tmp_path):

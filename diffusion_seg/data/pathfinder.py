@@ -216,6 +216,22 @@ class PathfinderSample:
         d = (yy[..., None] - c[:, 0]) ** 2 + (xx[..., None] - c[:, 1]) ** 2
         return self.classes[d.argmin(-1)].astype(np.uint8)
 
+    def own_cue_offset(self, cue_size: int) -> np.ndarray:
+        """``H×W`` float: for every pixel of a cued curve, the Chebyshev distance in px to the
+        nearest pixel of its own cue square (drawn as :func:`render` draws it); -1 elsewhere.
+        A network whose output at a pixel reads the input within ``r`` px of it (its
+        receptive field, square) cannot see the cue of a pixel whose offset exceeds ``r``."""
+        size = self.label.shape[0]
+        rows, cols = np.arange(size)[:, None], np.arange(size)[None, :]
+        offset = np.full((size, size), -1.0, dtype=np.float32)
+        for k, (y, x) in enumerate(self.cue_centres):
+            y0, x0 = round(y - cue_size / 2 + 0.5), round(x - cue_size / 2 + 0.5)
+            dy = np.maximum(np.maximum(y0 - rows, rows - (y0 + cue_size - 1)), 0)
+            dx = np.maximum(np.maximum(x0 - cols, cols - (x0 + cue_size - 1)), 0)
+            own = self.path_id == k + 1
+            offset[own] = np.maximum(dy, dx)[own]
+        return offset
+
 
 @functools.lru_cache(maxsize=16)
 def _grid_tables(grid: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -560,6 +576,12 @@ class PathfinderDataset(Dataset):
         cue_size: side of the cue square, px (1..12).
         ignore_near: path pixels closer than this to their cue along the path (cells) are
             ignored (255), as the cue squares always are.
+        reach_px: mark the path pixels whose own cue lies more than this many px away
+            (Chebyshev, to the nearest cue pixel: :meth:`PathfinderSample.own_cue_offset`)
+            as ``beyond_reach`` for :class:`~diffusion_seg.metrics.ContextMetrics`; set it to
+            a network's receptive field (FCN on the tiny backbone: 102 px, measured with the
+            bilinear upsampling, ``tests/test_pathfinder.py``) and that network cannot see
+            their cue. 0: none is marked.
         distractor_label: ``background`` (distractors are class 0) or ``ignore`` (255).
         interleave: keep the best of this many layouts for "another path's cue is nearer
             than the own one" (1: plain random layout).
@@ -606,6 +628,7 @@ class PathfinderDataset(Dataset):
         round_corners: bool = True,
         cache: bool = False,
         fresh_samples: bool = False,
+        reach_px: int = 0,
         transform: Transform | None = None,
     ) -> None:
         if split not in SPLIT_OFFSETS:
@@ -621,6 +644,7 @@ class PathfinderDataset(Dataset):
         self.split = split
         self.length = length if split == "train" or eval_length is None else eval_length
         self.fresh_samples = fresh_samples and split == "train"
+        self.reach_px = int(reach_px)
         self.size = size
         self.sample_seed = sample_seed
         self.options: dict[str, Any] = {
@@ -663,8 +687,9 @@ class PathfinderDataset(Dataset):
         """``image``, ``mask`` and ``name`` as every dataset gives them, plus what the context
         metrics need (:class:`diffusion_seg.metrics.ContextMetrics`), transformed with the
         label: ``cue_distance`` (float, along-path distance from the cue in feature cells,
-        -1 off the paths) and ``misleading`` (bool, labelled path pixels whose nearest cue in
-        straight line has another class)."""
+        -1 off the paths), ``misleading`` (bool, labelled path pixels whose nearest cue in
+        straight line has another class) and ``beyond_reach`` (bool, labelled path pixels
+        whose own cue lies beyond ``reach_px``)."""
         if index < 0 or (index >= self.length and not self.fresh_samples):
             raise IndexError(f"index {index} out of range for {self.length} samples")
         cache = self._cache if index < self.length else None  # later epochs' images: once
@@ -675,7 +700,8 @@ class PathfinderDataset(Dataset):
                 cache[index] = arrays
         image, label, maps = arrays
         item = apply_transform(self.transform, image, label, f"{self.split}_{index:05d}", maps)
-        item["misleading"] = item["misleading"].bool()
+        for key in ("misleading", "beyond_reach"):
+            item[key] = item[key].bool()
         return item
 
     def _arrays(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -685,5 +711,7 @@ class PathfinderDataset(Dataset):
         maps = {
             "cue_distance": np.where(s.distance >= 0, s.distance / CELL, -1.0).astype(np.float32),
             "misleading": (path & (s.nearest_cue_class() != s.label)).astype(np.uint8),
+            "beyond_reach": (path & (s.own_cue_offset(self.options["cue_size"]) > self.reach_px)
+                             & (self.reach_px > 0)).astype(np.uint8),
         }
         return s.image, s.label, maps
