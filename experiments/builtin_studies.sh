@@ -82,7 +82,7 @@ for study in ${STUDIES:-builtin_heads_far builtin_difnet_start builtin_pretraine
     builtin_long_paths | builtin_fresh_samples)
       # Every run on its (first epoch's) training images: has it learnt them by heart?
       bash experiments/reevaluate.sh eval_train experiments/reports/${study}_train_images \
-        "${sweeps[@]}" ${shorter:+"$shorter"} -- +dataset.test_split=train
+        "${sweeps[@]}" ${shorter:+"$shorter"} -- +dataset.test_split=train +dataset.reach_px=102
       # On 512 test images, with the path pixels whose cue lies beyond FCN's receptive field
       # (102 px) as a column of their own: there FCN cannot see the cue.
       bash experiments/reevaluate.sh eval_reach experiments/reports/${study}_beyond_reach \
