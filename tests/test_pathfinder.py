@@ -435,6 +435,8 @@ def test_beyond_reach_marks_the_path_pixels_whose_own_cue_is_farther_than_reach_
         marked += int(item["beyond_reach"].sum())
     assert marked > 0
     assert not PathfinderDataset("test", length=4, size=128, max_distance=24)[0]["beyond_reach"].any()
+    with pytest.raises(ValueError, match="dataset.reach_px=-1"):
+        PathfinderDataset("test", length=4, reach_px=-1)
 
 
 def test_fcn_on_the_tiny_backbone_reads_no_input_farther_than_102_px():

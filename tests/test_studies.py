@@ -96,7 +96,7 @@ def test_a_study_runs_and_the_report_matches_its_runs(tmp_path):
     assert (sweep / "report.png").stat().st_size > 5000
 
 
-@pytest.mark.parametrize("name", ["builtin_heads_far", "builtin_budget", "builtin_scratch_recipe", "builtin_long_paths", "builtin_difnet_start", "builtin_pretrained_start",
+@pytest.mark.parametrize("name", ["builtin_heads_far", "builtin_budget", "builtin_scratch_recipe", "builtin_long_paths", "builtin_fresh_samples", "builtin_difnet_start", "builtin_pretrained_start",
                                   "builtin_heads_difficulty",
                                   "builtin_pdn_layers_neighbors", "builtin_difnet_walks"])
 def test_the_committed_miniature_reports_hold_3_finished_seeds_per_setting(name):

@@ -644,6 +644,8 @@ class PathfinderDataset(Dataset):
         self.split = split
         self.length = length if split == "train" or eval_length is None else eval_length
         self.fresh_samples = fresh_samples and split == "train"
+        if reach_px < 0:
+            raise ValueError(f"dataset.reach_px={reach_px} is invalid: a distance in px, >= 0 (0: off)")
         self.reach_px = int(reach_px)
         self.size = size
         self.sample_seed = sample_seed
@@ -712,6 +714,6 @@ class PathfinderDataset(Dataset):
             "cue_distance": np.where(s.distance >= 0, s.distance / CELL, -1.0).astype(np.float32),
             "misleading": (path & (s.nearest_cue_class() != s.label)).astype(np.uint8),
             "beyond_reach": (path & (s.own_cue_offset(self.options["cue_size"]) > self.reach_px)
-                             & (self.reach_px > 0)).astype(np.uint8),
+                             if self.reach_px > 0 else np.zeros_like(path)).astype(np.uint8),
         }
         return s.image, s.label, maps
