@@ -182,9 +182,8 @@ class ContextMetrics(Metric):
         """``preds``, ``target``: class maps; ``distance``: along-path distance from the cue
         in cells (any value off the paths); ``misleading``, ``beyond_reach``: bool maps
         (``None``: no pixel is beyond reach); all the same shape."""
-        if beyond_reach is None:
-            beyond_reach = torch.zeros_like(misleading, dtype=torch.bool)
-        shapes = {tuple(t.shape) for t in (preds, target, distance, misleading, beyond_reach)}
+        maps = (preds, target, distance, misleading) + ((beyond_reach,) if beyond_reach is not None else ())
+        shapes = {tuple(t.shape) for t in maps}
         if len(shapes) != 1:
             raise ValueError(f"preds, target, distance, misleading and beyond_reach differ in shape: {shapes}")
         centre = self.cell // 2
@@ -202,11 +201,12 @@ class ContextMetrics(Metric):
         group = misleading[path].long() * len(self.edges) + bins
         size = 2 * len(self.edges)
         called = pred != self.background
-        beyond = beyond_reach[path]
+        beyond = beyond_reach[path] if beyond_reach is not None else None
         for column, keep in enumerate((None, called, pred == label)):
             index = group if keep is None else group[keep]
             self.counts[..., column] += torch.bincount(index, minlength=size).view(2, -1)
-            self.beyond_counts[column] += (beyond if keep is None else beyond & keep).sum()
+            if beyond is not None:
+                self.beyond_counts[column] += (beyond if keep is None else beyond & keep).sum()
 
     def compute(self) -> dict[str, Tensor]:
         c = self.counts.double()

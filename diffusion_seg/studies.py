@@ -134,21 +134,21 @@ def _csv_metrics(path: Path) -> dict[str, float]:
     return last
 
 
-def read_curve(path: Path, key: str = CURVE_KEY) -> list[tuple[float, float]]:
-    """``(optimizer step, value in %)`` of every row of a Lightning CSV log that logged
-    ``key`` (a fraction), sorted by step; the last row of a step wins (a resumed run logs a
-    step again). ``[]`` without the file or the column."""
-    if not path.is_file():
-        return []
-    points: dict[float, float] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            value, step = row.get(key), row.get("step")
-            try:
-                points[float(step)] = 100.0 * float(value)
-            except (TypeError, ValueError):
-                continue
-    return sorted(points.items())
+def read_curves(path: Path, keys: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
+    """For each of ``keys`` (a fraction), ``(optimizer step, value in %)`` of every row of a
+    Lightning CSV log that logged it, sorted by step, from one pass over the file; the last
+    row of a step wins (a resumed run logs a step again). ``[]`` without the file or the
+    column."""
+    points: dict[str, dict[float, float]] = {key: {} for key in keys}
+    if path.is_file():
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                for key in keys:
+                    try:
+                        points[key][float(row.get("step"))] = 100.0 * float(row.get(key))
+                    except (TypeError, ValueError):
+                        continue
+    return {key: sorted(values.items()) for key, values in points.items()}
 
 
 def read_run(job: Path, evaluation: str | None = None) -> Run:
@@ -160,8 +160,8 @@ def read_run(job: Path, evaluation: str | None = None) -> Run:
     overrides, config, legacy = job_record(job, record)
     run = Run(job, overrides, dict(config.get("study") or {}), legacy=legacy, command=record.get("command"),
               config=config, code=record.get("code"))
-    run.curve = read_curve(job / CSV_LOG)
-    run.far_curve = read_curve(job / CSV_LOG, FAR_CURVE_KEY)
+    curves = read_curves(job / CSV_LOG, (CURVE_KEY, FAR_CURVE_KEY))
+    run.curve, run.far_curve = curves[CURVE_KEY], curves[FAR_CURVE_KEY]
     if evaluation is not None:
         metrics = job / evaluation / "metrics.yaml"
         if metrics.is_file():

@@ -24,10 +24,11 @@ for sweep in "${sweeps[@]}"; do
     [ -f "$job/finished.yaml" ] && [ ! -f "$job/$name/metrics.yaml" ] || continue
     # The best checkpoint by name, in this job dir (the sweep may have been moved since).
     best=$(.venv/bin/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1])).get('best_checkpoint') or '')" "$job/finished.yaml")
-    [ -n "$best" ] && [ -f "$job/checkpoints/$(basename "$best")" ] || continue
+    ckpt="$job/checkpoints/$(basename "$best")"
+    [ -n "$best" ] && [ -f "$ckpt" ] || continue
     # eval's inference options are its own: the run's CRF setting (a DeepLab-v2 + CRF row) is passed on.
     crf=$(.venv/bin/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['task']['inference']['crf'])" "$config")
-    .venv/bin/python -m diffusion_seg.eval ckpt_path="$job/checkpoints/$(basename "$best")" split=test \
+    .venv/bin/python -m diffusion_seg.eval ckpt_path="$ckpt" split=test \
       task.inference.crf="${crf,,}" hydra.run.dir="$job/$name" "$@"
   done
 done
