@@ -45,7 +45,7 @@ test: $(STAMP) ## Run the whole test suite (CPU, offline)
 test-fast: $(STAMP) ## Run the tests not marked slow
 	WANDB_MODE=offline $(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
-study: $(STAMP) ## The five built-in studies on CPU (57 runs: 3 seeds, 60 epochs, far from the cue; 45 train, the 12 another study ran are reused; about 2 h 25 min on 2 idle cores, estimated), reports in experiments/reports; STUDIES="..." for some
+study: $(STAMP) ## The built-in studies under the from-scratch recipe on CPU: seven heads, PDN layers x neighbours, DifNet walks (33 runs train: 3 seeds, 60 epochs, far from the cue; time on 2 cores: docs/studies.md), reports in experiments/reports; STUDIES="..." for others
 	bash experiments/builtin_studies.sh $(ARGS)
 
 verify-weights: $(STAMP) ## Rerun the pretraining recorded in weights/ and compare (about 2.5 min on 2 cores)

@@ -136,3 +136,39 @@ def test_train_tables_checkpoints_csv_and_eval_agree_on_epoch_and_step(tmp_path)
     assert re.findall(r"^val metrics \(epoch (\d+), step (\d+)\)$", out, re.M) == [(str(epoch), str(step))]
     metrics = yaml.safe_load(next((tmp_path / "eval" / "runs").iterdir()).joinpath("metrics.yaml").read_text())
     assert "val/mIoU" in metrics and not set(metrics) & {"epoch", "step"}  # labels, not metrics
+
+
+@pytest.mark.parametrize("fn, every_s, written_before_end", [
+    ("fit", 60.0, [0, 0, 0]),       # the first at once, the next two wait for the fit's end
+    ("fit", 0.0, [0, 1, 2]),        # every validation
+    ("validate", 60.0, [0, 1, 2]),  # an eval run writes what it evaluated
+])
+def test_val_reports_are_rewritten_at_most_every_val_every_s_and_at_the_fit_end(
+        tmp_path, fn, every_s, written_before_end):
+    from types import SimpleNamespace
+
+    from diffusion_seg.lightning.pictures import EvalReports
+
+    names = ["background", "thing"]
+    callback = EvalReports(dirpath=str(tmp_path), val_every_s=every_s)
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, state=SimpleNamespace(fn=fn),
+                              default_root_dir=str(tmp_path), current_epoch=0, global_step=0)
+    module = SimpleNamespace(class_names=names, confmats={})
+
+    def written() -> int:  # which validation the files hold: its matrix is [[epoch + 1, 0], [0, 1]]
+        return int(read_confusion_csv(tmp_path / "val" / "confusion.csv")[1][0, 0]) - 1
+
+    for epoch, expected in enumerate(written_before_end):
+        trainer.current_epoch = epoch
+        module.confmats["val"] = torch.tensor([[epoch + 1, 0], [0, 1]])
+        callback.on_validation_end(trainer, module)
+        assert written() == expected
+    callback.on_fit_end(trainer, module)
+    assert written() == 2  # the files left are the last validation's
+
+
+def test_val_reports_interval_must_not_be_negative():
+    from diffusion_seg.lightning.pictures import EvalReports
+
+    with pytest.raises(ValueError, match="callbacks.eval_reports.val_every_s"):
+        EvalReports(val_every_s=-1)

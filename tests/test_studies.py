@@ -138,11 +138,9 @@ def test_the_committed_reports_name_no_machine_path(folder):
         assert all(re.fullmatch(r"(\.\./[\w-]+/)?(oracle_)?\d+", r["job"]) for r in csv.DictReader(f))
 
 
-def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_path):
-    """experiments/builtin_studies.sh with a stand-in python that records its calls and makes
-    the sweep dirs: a study's extra sweeps (rows, the longer-schedule check) are trained with the
-    script's arguments and reported with its first sweep (the shorter-schedule check --against); a study whose --against study has no
-    sweep yet is reported without it instead of stopping the script."""
+def _run_study_script(tmp_path: Path, **env: str) -> list[str]:
+    """experiments/builtin_studies.sh (argument ``logger=csv``) with a stand-in python that
+    records its calls and makes the sweep dirs; returns the calls."""
     import shutil
     import subprocess
 
@@ -157,15 +155,40 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
                       '  mkdir -p logs/studies/$study/2026-12-05_0$(ls logs/studies/$study 2>/dev/null | wc -l)\nfi\n')
     python.chmod(0o755)
     done = subprocess.run(["bash", "experiments/builtin_studies.sh", "logger=csv"], cwd=tmp_path, text=True,
-                          capture_output=True, env={"PATH": "/usr/bin:/bin",
-                                                                    "STUDIES": "builtin_budget builtin_scratch_recipe builtin_long_paths "
-                                                                              "builtin_fresh_samples"})
+                          capture_output=True, env={"PATH": "/usr/bin:/bin", **env})
     assert done.returncode == 0, done.stderr
-    calls = (tmp_path / "calls.log").read_text().splitlines()
+    return (tmp_path / "calls.log").read_text().splitlines()
+
+
+def test_make_study_runs_the_three_from_scratch_recipe_studies_without_the_shorter_check(tmp_path):
+    """`make study`: builtin_scratch_recipe (with the oracle rows), then the PDN and DifNet
+    ablations, one sweep each, each reported against its baseline; no 30-epoch check."""
+    calls = _run_study_script(tmp_path)
     trains = [c for c in calls if " diffusion_seg.train " in c]
-    assert len(trains) == 3 + 4 + 3 + 1 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
+    assert [c.split()[3] for c in trains] == ["study=builtin_scratch_recipe", "study=builtin_pdn_layers_neighbors",
+                                              "study=builtin_difnet_walks"]
+    recipe = "logs/studies/builtin_scratch_recipe/2026-12-05_00/"
+    assert f"-m diffusion_seg.bench oracle --sweep {recipe}" in calls
+    reports = [c.split(" ", 2)[2] for c in calls if " diffusion_seg.report " in c]
+    assert reports == [
+        f"{recipe} --out experiments/reports/builtin_scratch_recipe --baseline pathfinder_deeplabv2 --paired",
+        "logs/studies/builtin_pdn_layers_neighbors/2026-12-05_00/ --out experiments/reports/builtin_pdn_layers_neighbors "
+        "--baseline model.layers=4 model.neighbors=24 --paired",
+        "logs/studies/builtin_difnet_walks/2026-12-05_00/ --out experiments/reports/builtin_difnet_walks "
+        "--baseline model.walks=5 --paired"]
+
+
+def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_path):
+    """A study's extra sweeps (rows, with SHORTER_CHECKS=1 the shorter-schedule check) are
+    trained with the script's arguments and reported with its first sweep (the shorter-schedule
+    check --against); a study whose --against study has no sweep yet is reported without it
+    instead of stopping the script."""
+    calls = _run_study_script(tmp_path, SHORTER_CHECKS="1", STUDIES="builtin_budget builtin_scratch_recipe "
+                                                                       "builtin_long_paths builtin_fresh_samples")
+    trains = [c for c in calls if " diffusion_seg.train " in c]
+    assert len(trains) == 3 + 2 + 3 + 1 and all(c.endswith("hydra.launcher.n_jobs=2 logger=csv") for c in trains)
     assert "study=builtin_scratch_recipe trainer.max_epochs=30" in trains[4]
-    assert "study=builtin_long_paths trainer.max_epochs=40" in trains[8]
+    assert "study=builtin_long_paths trainer.max_epochs=40" in trains[6]
     long_paths = "logs/studies/builtin_long_paths/2026-12-05_0"
     # The oracle rows join the study's own sweep, before the shorter check is trained.
     assert calls.index(f"-m diffusion_seg.bench oracle --sweep {long_paths}0/") < calls.index(
@@ -175,10 +198,10 @@ def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_pat
     assert reports[0] == (f"{budget}0/ {budget}1/ {budget}2/ --out experiments/reports/builtin_budget "
                           "--baseline pathfinder_deeplabv2 --paired")  # no builtin_heads_far sweep: no --against
     recipe = "logs/studies/builtin_scratch_recipe/2026-12-05_0"
-    assert reports[1] == (f"{recipe}0/ {recipe}2/ {recipe}3/ --out experiments/reports/builtin_scratch_recipe "
+    assert reports[1] == (f"{recipe}0/ --out experiments/reports/builtin_scratch_recipe "
                           f"--baseline pathfinder_deeplabv2 --paired --against {recipe}1/ "
                           f"--against {budget}0/ {budget}1/ {budget}2/")  # the papers' recipe, every sweep
-    assert "study=builtin_long_paths experiment=pathfinder_pdn model.layers=8" in trains[9]
+    assert "study=builtin_long_paths experiment=pathfinder_pdn model.layers=8" in trains[7]
     assert reports[2] == (f"{long_paths}0/ {long_paths}2/ --out experiments/reports/builtin_long_paths "
                           f"--baseline pathfinder_deeplabv2 --paired --against {long_paths}1/")
     # Each run on its own training images (the stand-in ran none: the report of no evaluations).
