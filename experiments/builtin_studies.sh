@@ -15,8 +15,9 @@
 # scratch), builtin_budget (the seven heads at 120 epochs, and DifNet with 1 walk and PDN with
 # 8 neighbours; reported against builtin_heads_far's latest sweep) and the earlier
 # builtin_heads_difficulty (eight heads x near/far, 20 epochs; its far runs also on their far
-# pixels alone); under the from-scratch recipe: builtin_long_paths (five heads on 128² images
-# with paths of 24 cells; each run also evaluated on its own training images) and
+# pixels alone); under the from-scratch recipe: builtin_scratch_near (builtin_scratch_recipe
+# near the cue, max_distance 2, with the oracle rows), builtin_long_paths (five heads on 128²
+# images with paths of 24 cells; each run also evaluated on its own training images) and
 # builtin_fresh_samples (the same on new training images every epoch, reported against
 # builtin_long_paths).
 # SHORTER_CHECKS=1 also trains the shorter-schedule check of the studies that have one
@@ -43,7 +44,7 @@ for study in ${STUDIES:-builtin_scratch_recipe builtin_pdn_layers_neighbors buil
   report_args=()
   shorter=""  # the shorter-schedule check's sweep, where a study has one
   case $study in
-    builtin_heads_far)
+    builtin_heads_far | builtin_scratch_near)
       .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # the non-learned ceiling
       report_args=(--baseline pathfinder_deeplabv2 --paired) ;;
     builtin_budget)
