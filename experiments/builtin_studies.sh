@@ -16,13 +16,14 @@
 # 8 neighbours; reported against builtin_heads_far's latest sweep) and the earlier
 # builtin_heads_difficulty (eight heads x near/far, 20 epochs; its far runs also on their far
 # pixels alone); under the from-scratch recipe: builtin_scratch_near (builtin_scratch_recipe
-# near the cue, max_distance 2, with the oracle rows), builtin_long_paths (five heads on 128²
-# images with paths of 24 cells; each run also evaluated on its own training images) and
-# builtin_fresh_samples (the same on new training images every epoch, reported against
-# builtin_long_paths).
+# near the cue, max_distance 2, with the oracle rows), builtin_scratch_difnet_start (DifNet's
+# published head and seed supervision, from scratch and from the pretrained start),
+# builtin_long_paths (five heads on 128² images with paths of 24 cells; each run also
+# evaluated on its own training images) and builtin_fresh_samples (the same on new training
+# images every epoch, reported against builtin_long_paths).
 # SHORTER_CHECKS=1 also trains the shorter-schedule check of the studies that have one
 # (builtin_scratch_recipe at 30 epochs, builtin_long_paths at 40) and reports each row against
-# its shorter self; make study leaves it out (about 15 min on 2 cores).
+# its shorter self; make study leaves it out (17.3 min more on 2 cores, measured 2026-12-05).
 # A job another study ran with the same config and code is reused, not trained again
 # (reuse_from in conf/study/builtin_*.yaml; reuse_from=null trains every job).
 # Wall times: docs/studies.md. Extra arguments go to every sweep, e.g. logger=wandb or
@@ -78,7 +79,7 @@ for study in ${STUDIES:-builtin_scratch_recipe builtin_pdn_layers_neighbors buil
       report_args=(--baseline pathfinder_deeplabv2 --paired)
       repeated=$(sweeps_of builtin_long_paths)
       if [ -n "$repeated" ]; then report_args+=(--against $repeated); fi ;;
-    builtin_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;
+    builtin_difnet_start | builtin_scratch_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;  # per start
     builtin_pretrained_start) report_args=(--baseline backbone=tiny --paired) ;;  # per head
     builtin_difnet_walks) report_args=(--baseline model.walks=5 --paired) ;;
     builtin_pdn_layers_neighbors) report_args=(--baseline "model.layers=4 model.neighbors=24" --paired) ;;
