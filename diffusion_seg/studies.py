@@ -418,7 +418,8 @@ def find_baseline(rows: Sequence[Row], name: str) -> Baseline:
             return Baseline(name, of, grouped=True)
     raise ReportError(f"--baseline {name!r}: matches {len(matches)} settings "
                       f"({'; '.join(r.setting for r in matches)}) that are not one per group of "
-                      "the other overrides; give one of them whole")
+                      "the other overrides; give one of them whole, or whole overrides as the "
+                      "settings spell them (key=value) to set each row against its twin")
 
 
 def _seeded(row: Row, key: str) -> dict[str, float] | None:

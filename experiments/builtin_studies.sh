@@ -79,7 +79,8 @@ for study in ${STUDIES:-builtin_scratch_recipe builtin_pdn_layers_neighbors buil
       report_args=(--baseline pathfinder_deeplabv2 --paired)
       repeated=$(sweeps_of builtin_long_paths)
       if [ -n "$repeated" ]; then report_args+=(--against $repeated); fi ;;
-    builtin_difnet_start | builtin_scratch_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;  # per start
+    builtin_difnet_start) report_args=(--baseline seed_loss=True --paired) ;;
+    builtin_scratch_difnet_start) report_args=(--baseline model.seed_loss=True --paired) ;;  # per start
     builtin_pretrained_start) report_args=(--baseline backbone=tiny --paired) ;;  # per head
     builtin_difnet_walks) report_args=(--baseline model.walks=5 --paired) ;;
     builtin_pdn_layers_neighbors) report_args=(--baseline "model.layers=4 model.neighbors=24" --paired) ;;

@@ -96,9 +96,10 @@ def test_a_study_runs_and_the_report_matches_its_runs(tmp_path):
     assert (sweep / "report.png").stat().st_size > 5000
 
 
-@pytest.mark.parametrize("name", ["builtin_heads_far", "builtin_budget", "builtin_scratch_recipe", "builtin_long_paths", "builtin_fresh_samples", "builtin_difnet_start", "builtin_pretrained_start",
-                                  "builtin_heads_difficulty",
-                                  "builtin_pdn_layers_neighbors", "builtin_difnet_walks"])
+@pytest.mark.parametrize("name", ["builtin_scratch_recipe", "builtin_pdn_layers_neighbors", "builtin_difnet_walks",
+                                  "builtin_scratch_near", "builtin_scratch_difnet_start", "builtin_heads_far",
+                                  "builtin_budget", "builtin_long_paths", "builtin_fresh_samples",
+                                  "builtin_difnet_start", "builtin_pretrained_start", "builtin_heads_difficulty"])
 def test_the_committed_miniature_reports_hold_3_finished_seeds_per_setting(name):
     """experiments/reports/<study>/: the report names its command; every trained setting has
     n = 3 (the non-learned oracle row, where there is one, n = 1) and every run of runs.csv
@@ -176,6 +177,18 @@ def test_make_study_runs_the_three_from_scratch_recipe_studies_without_the_short
         "--baseline model.layers=4 model.neighbors=24 --paired",
         "logs/studies/builtin_difnet_walks/2026-12-05_00/ --out experiments/reports/builtin_difnet_walks "
         "--baseline model.walks=5 --paired"]
+
+
+def test_the_named_from_scratch_studies_get_the_oracle_rows_and_their_baselines(tmp_path):
+    """builtin_scratch_near gets the oracle rows; builtin_scratch_difnet_start sets each
+    published head against seed supervision from the same start (whole override: per twin)."""
+    calls = _run_study_script(tmp_path, STUDIES="builtin_scratch_near builtin_scratch_difnet_start")
+    near = "logs/studies/builtin_scratch_near/2026-12-05_00/"
+    start = "logs/studies/builtin_scratch_difnet_start/2026-12-05_00/"
+    assert f"-m diffusion_seg.bench oracle --sweep {near}" in calls
+    assert [c.split(" ", 2)[2] for c in calls if " diffusion_seg.report " in c] == [
+        f"{near} --out experiments/reports/builtin_scratch_near --baseline pathfinder_deeplabv2 --paired",
+        f"{start} --out experiments/reports/builtin_scratch_difnet_start --baseline model.seed_loss=True --paired"]
 
 
 def test_make_study_runs_each_sweep_of_a_study_and_reports_them_together(tmp_path):
