@@ -38,6 +38,16 @@ overrides=("$@")
 train() { .venv/bin/python -m diffusion_seg.train -m study=$study "$@" hydra/launcher=joblib hydra.launcher.n_jobs=2 ${overrides[@]+"${overrides[@]}"}; }
 # More sweeps of $study, one per argument (its rows), reported with its first sweep.
 more_rows() { local rows; for rows in "$@"; do train $rows; sweeps+=("$(latest $study)"); done; }
+# The non-learned ceiling as rows of $study's sweep (python -m diffusion_seg.bench oracle).
+oracle() { .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"; }
+# With SHORTER_CHECKS=1: the same runs at $1 epochs, each row reported against its shorter self.
+shorter_check() {
+  if [ "${SHORTER_CHECKS:-0}" = 1 ]; then
+    train trainer.max_epochs=$1
+    shorter=$(latest $study)
+    report_args+=(--against "$shorter")
+  fi
+}
 for study in ${STUDIES:-builtin_scratch_recipe builtin_pdn_layers_neighbors builtin_difnet_walks}; do
   train
   sweep=$(latest $study)
@@ -46,7 +56,7 @@ for study in ${STUDIES:-builtin_scratch_recipe builtin_pdn_layers_neighbors buil
   shorter=""  # the shorter-schedule check's sweep, where a study has one
   case $study in
     builtin_heads_far | builtin_scratch_near)
-      .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # the non-learned ceiling
+      oracle
       report_args=(--baseline pathfinder_deeplabv2 --paired) ;;
     builtin_budget)
       # The two trends 60 epochs left unresolved (1 vs 5 walks, 8 vs 24 neighbours), as rows
@@ -56,22 +66,15 @@ for study in ${STUDIES:-builtin_scratch_recipe builtin_pdn_layers_neighbors buil
       shorter=$(latest builtin_heads_far)
       if [ -n "$shorter" ]; then report_args+=(--against "$shorter"); fi ;;  # 120 vs 60 epochs
     builtin_scratch_recipe)
-      .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # the non-learned ceiling
+      oracle
       report_args=(--baseline pathfinder_deeplabv2 --paired)
-      if [ "${SHORTER_CHECKS:-0}" = 1 ]; then  # the same runs at 30 epochs, each row against its 30-epoch self
-        train trainer.max_epochs=30
-        report_args+=(--against "$(latest $study)")
-      fi
+      shorter_check 30
       papers=$(sweeps_of builtin_budget)  # the papers' recipe (SGD 0.01, new layers x10), 120 epochs
       if [ -n "$papers" ]; then report_args+=(--against $papers); fi ;;
     builtin_long_paths)
-      .venv/bin/python -m diffusion_seg.bench oracle --sweep "$sweep"   # solvable at 128² too
+      oracle  # solvable at 128² too
       report_args=(--baseline pathfinder_deeplabv2 --paired)
-      if [ "${SHORTER_CHECKS:-0}" = 1 ]; then  # each row against its 40-epoch self
-        train trainer.max_epochs=40
-        shorter=$(latest $study)
-        report_args+=(--against "$shorter")
-      fi
+      shorter_check 40
       # Does PDN's reach grow with its depth? 8 layers of 24NB span 16 cells, 4 span 8.
       more_rows "experiment=pathfinder_pdn model.layers=8" ;;
     builtin_fresh_samples)
